@@ -1,0 +1,275 @@
+// CPU (OpenMP) kernels of corp-kernels, registered as torch ops in the `corp_cpu` namespace.
+//
+// Python validates every argument (corp_kernels/_validation.py) before calling these, so the
+// checks here are only the ones that guard memory safety. Seeds and stream positions arrive as
+// int64 carrying the bits of an unsigned 64-bit value.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "noise_stream.h"
+
+namespace corp {
+namespace cpu {
+namespace {
+
+// Rows of W per panel: the panel of W + sigma * eps is built in this many floats (128 KiB) so it
+// stays in L2 while the BLAS multiplies it.
+constexpr int64_t kPanelFloats = 32768;
+// Elements per parallel chunk of an elementwise op.
+constexpr int64_t kChunk = 16384;
+
+uint64_t as_u64(int64_t bits) { return static_cast<uint64_t>(bits); }
+
+int64_t panel_rows(int64_t rows, int64_t cols) {
+  return std::max<int64_t>(1, std::min<int64_t>(rows, kPanelFloats / std::max<int64_t>(cols, 1)));
+}
+
+template <class scalar_t>
+float to_float(scalar_t v) {
+  return static_cast<float>(v);
+}
+
+// buf[i] = float(w[i]) + sigma * noise(position + i) for i in [0, n).
+template <class scalar_t>
+void perturbed_into(const scalar_t* w, uint64_t position, int64_t n, uint32_t k0, uint32_t k1,
+                    float sigma, float* buf) {
+  for_each_noise_piece(position, n, k0, k1, [&](int64_t at, const float* z, int64_t count) {
+    const scalar_t* wi = w + at;
+    float* o = buf + at;
+#pragma omp simd
+    for (int64_t i = 0; i < count; ++i) o[i] = to_float(wi[i]) + sigma * z[i];
+  });
+}
+
+at::Tensor philox_op(const at::Tensor& counters, const at::Tensor& keys) {
+  TORCH_CHECK(counters.dim() == 2 && counters.size(1) == 4, "counters must be [n, 4]");
+  TORCH_CHECK(keys.dim() == 2 && keys.size(1) == 2 && keys.size(0) == counters.size(0),
+              "keys must be [n, 2]");
+  auto c = counters.to(at::kLong).contiguous();
+  auto k = keys.to(at::kLong).contiguous();
+  auto out = at::empty_like(c);
+  const int64_t* cp = c.data_ptr<int64_t>();
+  const int64_t* kp = k.data_ptr<int64_t>();
+  int64_t* op = out.data_ptr<int64_t>();
+  for (int64_t i = 0; i < c.size(0); ++i) {
+    const Philox4 x = corp::philox4x32_10(
+        static_cast<uint32_t>(cp[4 * i]), static_cast<uint32_t>(cp[4 * i + 1]),
+        static_cast<uint32_t>(cp[4 * i + 2]), static_cast<uint32_t>(cp[4 * i + 3]),
+        static_cast<uint32_t>(kp[2 * i]), static_cast<uint32_t>(kp[2 * i + 1]));
+    op[4 * i] = x.x0;
+    op[4 * i + 1] = x.x1;
+    op[4 * i + 2] = x.x2;
+    op[4 * i + 3] = x.x3;
+  }
+  return out;
+}
+
+// out = alpha * noise, or out += alpha * noise (computed in fp32, rounded once to out's dtype).
+void noise_fill_(at::Tensor out, int64_t seed, int64_t offset, double alpha, bool accumulate) {
+  TORCH_CHECK(out.is_contiguous(), "noise_fill_: out must be contiguous");
+  uint32_t k0, k1;
+  split_seed(as_u64(seed), &k0, &k1);
+  const uint64_t base = as_u64(offset);
+  const float a = static_cast<float>(alpha);
+  const int64_t n = out.numel();
+  if (out.scalar_type() == at::kFloat) {
+    float* p = out.data_ptr<float>();
+    at::parallel_for(0, n, kChunk, [&](int64_t begin, int64_t end) {
+      noise_into(base + begin, end - begin, k0, k1, a, accumulate, p + begin);
+    });
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "noise_fill_", [&] {
+    scalar_t* p = out.data_ptr<scalar_t>();
+    at::parallel_for(0, n, kChunk, [&](int64_t begin, int64_t end) {
+      alignas(64) float tmp[kChunk];
+      for (int64_t s = begin; s < end; s += kChunk) {
+        const int64_t len = std::min(kChunk, end - s);
+        if (accumulate) {
+          for (int64_t i = 0; i < len; ++i) tmp[i] = static_cast<float>(p[s + i]);
+        }
+        noise_into(base + s, len, k0, k1, a, accumulate, tmp);
+        for (int64_t i = 0; i < len; ++i) p[s + i] = static_cast<scalar_t>(tmp[i]);
+      }
+    });
+  });
+}
+
+// sum_k weights[k] * noise(seeds[k]) over `shape`, in fp32. Each output chunk stays in cache while
+// every seed's noise for it is generated and accumulated: memory is the output only.
+at::Tensor weighted_noise_sum(at::IntArrayRef shape, const at::Tensor& seeds,
+                              const at::Tensor& weights, int64_t offset) {
+  auto s = seeds.to(at::kLong).contiguous();
+  auto w = weights.to(at::kFloat).contiguous();
+  TORCH_CHECK(s.numel() == w.numel() && s.numel() > 0, "weighted_noise_sum: seeds/weights");
+  auto out = at::empty(shape, at::TensorOptions().dtype(at::kFloat));
+  const int64_t n = out.numel();
+  const int64_t K = s.numel();
+  const int64_t* sp = s.data_ptr<int64_t>();
+  const float* wp = w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const uint64_t base = as_u64(offset);
+  at::parallel_for(0, n, kChunk, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; c += kChunk) {
+      const int64_t len = std::min(kChunk, end - c);
+      for (int64_t k = 0; k < K; ++k) {
+        uint32_t k0, k1;
+        split_seed(as_u64(sp[k]), &k0, &k1);
+        noise_into(base + c, len, k0, k1, wp[k], /*accumulate=*/k > 0, op + c);
+      }
+    }
+  });
+  return out;
+}
+
+// y^T[rows] = (W[rows] + sigma * eps[rows]) @ x^T for each panel of rows; the panel is the only
+// W-like buffer and it is kPanelFloats long.
+template <class scalar_t>
+void perturbed_panels(const scalar_t* w, int64_t N, int64_t K, const at::Tensor& x_t,
+                      const uint32_t* keys, const float* sigmas, int64_t members,
+                      int64_t member_stride_x, uint64_t base, at::Tensor& y_t) {
+  const int64_t R = panel_rows(N, K);
+  const int64_t panels = (N + R - 1) / R;
+  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    auto buf = at::empty({R, K}, at::TensorOptions().dtype(at::kFloat));
+    float* bp = buf.data_ptr<float>();
+    for (int64_t pi = begin; pi < end; ++pi) {
+      const int64_t r0 = pi * R;
+      const int64_t rows = std::min(R, N - r0);
+      auto panel = buf.narrow(0, 0, rows);
+      for (int64_t m = 0; m < members; ++m) {
+        perturbed_into(w + r0 * K, base + static_cast<uint64_t>(r0 * K), rows * K, keys[2 * m],
+                       keys[2 * m + 1], sigmas[m], bp);
+        auto x_m = member_stride_x ? x_t.select(0, m) : x_t;
+        auto out = y_t.select(0, m).narrow(0, r0, rows);
+        at::mm_out(out, panel, x_m);
+      }
+    }
+  });
+}
+
+// Shared by perturbed_linear (one member) and population_linear (P members over one W).
+// x: [P, T, K] float; returns y: [P, T, N] in fp32.
+at::Tensor population_forward(const at::Tensor& x3, const at::Tensor& weight,
+                              const std::vector<uint64_t>& seeds, const std::vector<float>& sigmas,
+                              int64_t offset) {
+  TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous");
+  const int64_t P = x3.size(0), T = x3.size(1), K = x3.size(2), N = weight.size(0);
+  // x^T per member, contiguous, so each panel product is one GEMM writing contiguous rows of y^T.
+  auto x_t = x3.to(at::kFloat).transpose(1, 2).contiguous();  // [P, K, T]
+  auto y_t = at::empty({P, N, T}, at::TensorOptions().dtype(at::kFloat));
+  std::vector<uint32_t> keys(2 * P);
+  for (int64_t m = 0; m < P; ++m) split_seed(seeds[m], &keys[2 * m], &keys[2 * m + 1]);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "perturbed", [&] {
+    perturbed_panels<scalar_t>(weight.data_ptr<scalar_t>(), N, K, x_t, keys.data(), sigmas.data(),
+                               P, /*member_stride_x=*/1, as_u64(offset), y_t);
+  });
+  return y_t.transpose(1, 2);  // [P, T, N]
+}
+
+at::Tensor finish_linear(at::Tensor y, const std::optional<at::Tensor>& bias,
+                         at::ScalarType dtype) {
+  if (bias.has_value() && bias->defined()) y = y + bias->to(at::kFloat);
+  return y.to(dtype);
+}
+
+at::Tensor perturbed_linear(const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, int64_t seed, int64_t offset,
+                            double sigma) {
+  const int64_t K = weight.size(1);
+  auto x3 = x.reshape({1, -1, K});
+  auto y = population_forward(x3, weight, {as_u64(seed)}, {static_cast<float>(sigma)}, offset);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = weight.size(0);
+  return finish_linear(y.reshape(out_shape), bias, x.scalar_type());
+}
+
+at::Tensor population_linear(const at::Tensor& x, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, const at::Tensor& seeds,
+                             const at::Tensor& sigmas, int64_t offset) {
+  const int64_t P = x.size(0), K = weight.size(1);
+  auto s = seeds.to(at::kLong).contiguous();
+  auto g = sigmas.to(at::kFloat).contiguous();
+  std::vector<uint64_t> seed_v(P);
+  std::vector<float> sigma_v(P);
+  for (int64_t m = 0; m < P; ++m) {
+    seed_v[m] = as_u64(s.data_ptr<int64_t>()[m]);
+    sigma_v[m] = g.data_ptr<float>()[m];
+  }
+  auto y = population_forward(x.reshape({P, -1, K}), weight, seed_v, sigma_v, offset);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = weight.size(0);
+  return finish_linear(y.reshape(out_shape), bias, x.scalar_type());
+}
+
+// (sum_k w_k eps_k) @ omega  (left=false, omega: [cols, r])  or  psi @ (sum_k w_k eps_k)
+// (left=true, psi: [r, rows]), with the sum built one row panel at a time.
+at::Tensor noise_sketch(int64_t rows, int64_t cols, const at::Tensor& seeds,
+                        const at::Tensor& weights, const at::Tensor& test_matrix, bool left,
+                        int64_t offset) {
+  auto s = seeds.to(at::kLong).contiguous();
+  auto w = weights.to(at::kFloat).contiguous();
+  auto tm = test_matrix.to(at::kFloat).contiguous();
+  const int64_t K = s.numel();
+  const int64_t r = left ? tm.size(0) : tm.size(1);
+  const int64_t R = panel_rows(rows, cols);
+  const int64_t panels = (rows + R - 1) / R;
+  const uint64_t base = as_u64(offset);
+  const int64_t* sp = s.data_ptr<int64_t>();
+  const float* wp = w.data_ptr<float>();
+  const int64_t threads = at::get_num_threads();
+  auto out = left ? at::zeros({threads, r, cols}, tm.options())
+                  : at::empty({rows, r}, tm.options());
+  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    auto buf = at::empty({R, cols}, tm.options());
+    float* bp = buf.data_ptr<float>();
+    for (int64_t pi = begin; pi < end; ++pi) {
+      const int64_t r0 = pi * R;
+      const int64_t nr = std::min(R, rows - r0);
+      for (int64_t k = 0; k < K; ++k) {
+        uint32_t k0, k1;
+        split_seed(as_u64(sp[k]), &k0, &k1);
+        noise_into(base + static_cast<uint64_t>(r0 * cols), nr * cols, k0, k1, wp[k], k > 0, bp);
+      }
+      auto panel = buf.narrow(0, 0, nr);
+      if (left) {
+        out.select(0, at::get_thread_num()).addmm_(tm.narrow(1, r0, nr), panel);
+      } else {
+        auto dst = out.narrow(0, r0, nr);
+        at::mm_out(dst, panel, tm);
+      }
+    }
+  });
+  return left ? out.sum(0) : out;
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace corp
+
+TORCH_LIBRARY(corp_cpu, m) {
+  m.def("philox4x32_10(Tensor counters, Tensor keys) -> Tensor");
+  m.def("noise_fill_(Tensor(a!) out, int seed, int offset, float alpha, bool accumulate) -> ()");
+  m.def("weighted_noise_sum(int[] shape, Tensor seeds, Tensor weights, int offset) -> Tensor");
+  m.def(
+      "perturbed_linear(Tensor x, Tensor weight, Tensor? bias, int seed, int offset, float sigma)"
+      " -> Tensor");
+  m.def(
+      "population_linear(Tensor x, Tensor weight, Tensor? bias, Tensor seeds, Tensor sigmas,"
+      " int offset) -> Tensor");
+  m.def(
+      "noise_sketch(int rows, int cols, Tensor seeds, Tensor weights, Tensor test_matrix,"
+      " bool left, int offset) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(corp_cpu, CPU, m) {
+  m.impl("philox4x32_10", &corp::cpu::philox_op);
+  m.impl("noise_fill_", &corp::cpu::noise_fill_);
+  m.impl("perturbed_linear", &corp::cpu::perturbed_linear);
+  m.impl("population_linear", &corp::cpu::population_linear);
+  m.impl("noise_sketch", &corp::cpu::noise_sketch);
+  m.impl("weighted_noise_sum", &corp::cpu::weighted_noise_sum);
+}
