@@ -13,7 +13,6 @@ import importlib.util
 import os
 import warnings
 from dataclasses import dataclass
-from functools import cache
 from types import ModuleType
 
 import torch
@@ -32,7 +31,6 @@ def _triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@cache
 def _load_native(module: str) -> str | None:
     """Import a native extension; None on success, else the reason it failed."""
     try:
@@ -42,8 +40,7 @@ def _load_native(module: str) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-@cache
-def _status(name: str) -> BackendStatus:
+def _probe(name: str) -> BackendStatus:
     if name == "torch":
         return BackendStatus(name, True, "pure-PyTorch reference; every device")
     if name == "cpp":
@@ -68,18 +65,30 @@ def _status(name: str) -> BackendStatus:
             return BackendStatus(name, True, "CUDA extension; CUDA tensors")
         return BackendStatus(name, False, f"CUDA extension corp_kernels._C_cuda did not load "
                              f"({error})")
-    raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    raise AssertionError(name)
+
+
+# Probed once at import (so that resolve() is plain dict lookups, which torch.compile traces).
+_STATUS = {name: _probe(name) for name in BACKENDS}
+_WARNED: set[str] = set()
+
+
+def _status(name: str) -> BackendStatus:
+    if name not in _STATUS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    return _STATUS[name]
 
 
 def backends() -> dict[str, BackendStatus]:
     """Every backend with whether it is available here and why (not)."""
-    return {name: _status(name) for name in BACKENDS}
+    return dict(_STATUS)
 
 
-@cache
 def _warn_fallback(name: str, reason: str) -> None:
-    warnings.warn(f"corp_kernels: backend {name!r} unavailable, using the torch reference "
-                  f"instead: {reason}", RuntimeWarning, stacklevel=3)
+    if name not in _WARNED:
+        _WARNED.add(name)
+        warnings.warn(f"corp_kernels: backend {name!r} unavailable, using the torch reference "
+                      f"instead: {reason}", RuntimeWarning, stacklevel=3)
 
 
 def _supports(name: str, device: torch.device) -> bool:
@@ -115,7 +124,7 @@ def resolve(backend: str | None, device: torch.device) -> str:
 
 def implementation(backend: str) -> ModuleType:
     """The module holding `backend`'s functions (imported on first use: triton is slow to load)."""
-    return importlib.import_module(f"corp_kernels.backends.{_module_name(backend)}")
+    return importlib.import_module(f"corp_kernels.impl.{_module_name(backend)}")
 
 
 def _module_name(backend: str) -> str:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import corp_kernels as ck
-from corp_kernels.backends import torch_ref
+from corp_kernels.impl import torch_ref
 
 # Random123 kat_vectors for philox4x32_10: (counter, key, expected output).
 KNOWN_ANSWERS = [

@@ -173,7 +173,7 @@ at::Tensor population_forward(const at::Tensor& x3, const at::Tensor& weight,
 at::Tensor finish_linear(at::Tensor y, const std::optional<at::Tensor>& bias,
                          at::ScalarType dtype) {
   if (bias.has_value() && bias->defined()) y = y + bias->to(at::kFloat);
-  return y.to(dtype);
+  return y.to(dtype).contiguous();
 }
 
 at::Tensor perturbed_linear(const at::Tensor& x, const at::Tensor& weight,

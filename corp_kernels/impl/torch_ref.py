@@ -73,7 +73,7 @@ def noise_stream(seed_bits: int, offset_bits: int, numel: int) -> torch.Tensor:
     first_counter, skip = offset >> 2, offset & 3
     n_counters = (skip + numel + 3) // 4
     counters = first_counter + torch.arange(n_counters, dtype=torch.int64)
-    return normals_of_counters(seed_bits, counters).flatten()[skip:skip + numel]
+    return normals_of_counters(seed_bits, counters).flatten()[skip:skip + numel].clone()
 
 
 def _noise(shape, seed_bits: int, offset_bits: int, device) -> torch.Tensor:

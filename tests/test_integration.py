@@ -1,0 +1,71 @@
+"""The ops as torch ops: opcheck, torch.compile on the CPU path, backend reporting."""
+
+import os
+
+import pytest
+import torch
+
+import corp_kernels as ck
+from corp_kernels import dispatch
+from corp_kernels.ops import (_add_noise_op, _gaussian_noise_op, _noise_sketch_op,
+                              _perturbed_linear_op, _population_linear_op, _weighted_noise_sum_op)
+
+
+def test_backends_report_reasons():
+    status = ck.backends()
+    assert set(status) == {"torch", "cpp", "triton", "cuda"}
+    assert status["torch"].available
+    for s in status.values():
+        assert s.reason
+
+
+@pytest.mark.skipif(os.environ.get("CORP_KERNELS_REQUIRE_CPP") != "1",
+                    reason="set CORP_KERNELS_REQUIRE_CPP=1 where the C++ build must have worked")
+def test_cpp_extension_built():
+    assert dispatch.backends()["cpp"].available, dispatch.backends()["cpp"].reason
+
+
+def test_cpu_default_is_cpp_when_built():
+    expected = "cpp" if dispatch.backends()["cpp"].available else "torch"
+    assert dispatch.resolve(None, torch.device("cpu")) == expected
+
+
+OPCHECK_CASES = {
+    "gaussian_noise": (_gaussian_noise_op, ([3, 5], 7, 2, torch.float32, torch.device("cpu"))),
+    "add_noise_": (_add_noise_op, (torch.zeros(4, 6), 7, 0.5, 3)),
+    "weighted_noise_sum": (_weighted_noise_sum_op, (
+        [4, 6], torch.tensor([1, 2]), torch.tensor([0.5, 1.0], dtype=torch.float64), 0,
+        torch.device("cpu"))),
+    "perturbed_linear": (_perturbed_linear_op, (torch.randn(2, 6), torch.randn(4, 6),
+                                                torch.randn(4), 3, 0.1, 0)),
+    "population_linear": (_population_linear_op, (
+        torch.randn(2, 3, 6), torch.randn(4, 6), None, torch.tensor([1, 2]),
+        torch.tensor([0.1, 0.2], dtype=torch.float64), 0)),
+    "noise_sketch": (_noise_sketch_op, ([5, 6], torch.tensor([1, 2]),
+                                        torch.tensor([0.5, 1.0], dtype=torch.float64),
+                                        torch.randn(6, 3), False, 0)),
+}
+
+
+@pytest.mark.parametrize("name", list(OPCHECK_CASES))
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_opcheck(name, backend):
+    if not dispatch.backends()[backend].available:
+        pytest.skip(dispatch.backends()[backend].reason)
+    op, args = OPCHECK_CASES[name]
+    torch.library.opcheck(op, (*args, backend))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_torch_compile_cpu(backend):
+    if not dispatch.backends()[backend].available:
+        pytest.skip(dispatch.backends()[backend].reason)
+    torch._dynamo.reset()
+
+    def layer(x, w, b):
+        h = ck.perturbed_linear(x, w, b, 11, 0.05, backend=backend)
+        return torch.relu(h) + ck.gaussian_noise(h.shape, 5, backend=backend)
+
+    x, w, b = torch.randn(3, 8), torch.randn(6, 8), torch.randn(6)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, w, b), layer(x, w, b))
