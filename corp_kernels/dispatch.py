@@ -18,6 +18,11 @@ from types import ModuleType
 import torch
 
 BACKENDS = ("torch", "cpp", "triton", "cuda")
+ALL_OPS = frozenset({"philox4x32_10", "gaussian_noise", "add_noise_", "weighted_noise_sum",
+                     "perturbed_linear", "population_linear", "noise_sketch"})
+# The CUDA extension carries the elementwise ops; Triton owns the matmul-shaped ones on a GPU.
+IMPLEMENTED_OPS = {"torch": ALL_OPS, "cpp": ALL_OPS, "triton": ALL_OPS,
+                   "cuda": frozenset({"gaussian_noise", "add_noise_", "weighted_noise_sum"})}
 
 
 @dataclass(frozen=True)
@@ -101,14 +106,18 @@ def _supports(name: str, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and _triton_interpreted())
 
 
-def resolve(backend: str | None, device: torch.device) -> str:
-    """The backend that runs an op whose tensors live on `device`."""
+def implements(backend: str, op: str) -> bool:
+    return op in IMPLEMENTED_OPS[backend]
+
+
+def resolve(backend: str | None, device: torch.device, op: str) -> str:
+    """The backend that runs `op` on tensors that live on `device`."""
     device = torch.device(device)
     if backend is None:
         preferred = ("triton", "cuda") if device.type == "cuda" else ("cpp",)
         for name in preferred:
             status = _status(name)
-            if status.available:
+            if status.available and implements(name, op):
                 return name
             _warn_fallback(name, status.reason)
         return "torch"
@@ -117,6 +126,9 @@ def resolve(backend: str | None, device: torch.device) -> str:
     status = _status(backend)
     if not status.available:
         raise RuntimeError(f"backend {backend!r} was requested but is unavailable: {status.reason}")
+    if not implements(backend, op):
+        raise ValueError(f"backend {backend!r} does not implement {op}; it has "
+                         f"{sorted(IMPLEMENTED_OPS[backend])}")
     if not _supports(backend, device):
         raise ValueError(f"backend {backend!r} cannot run on {device} tensors ({status.reason})")
     return backend

@@ -120,7 +120,7 @@ def philox4x32_10(counters: torch.Tensor, keys: torch.Tensor, *,
         if t.is_floating_point() or ((t < 0) | (t > 0xFFFFFFFF)).any():
             raise ValueError(f"{name} must hold integers in [0, 2**32)")
     return _philox_op(counters.to(torch.int64), keys.to(torch.int64),
-                      resolve(backend, counters.device))
+                      resolve(backend, counters.device, "philox4x32_10"))
 
 
 def gaussian_noise(shape: Sequence[int], seed: int, offset: int = 0, *,
@@ -137,7 +137,7 @@ def gaussian_noise(shape: Sequence[int], seed: int, offset: int = 0, *,
     V.check_dtype(dtype, "dtype")
     device = torch.device(device)
     return _gaussian_noise_op(list(shape), V.to_signed_bits(seed), V.to_signed_bits(offset), dtype,
-                              device, resolve(backend, device))
+                              device, resolve(backend, device, "gaussian_noise"))
 
 
 def add_noise_(tensor: torch.Tensor, seed: int, alpha: float, offset: int = 0, *,
@@ -156,7 +156,7 @@ def add_noise_(tensor: torch.Tensor, seed: int, alpha: float, offset: int = 0, *
     alpha = V.check_scalar(alpha, "alpha")
     offset = V.check_offset(offset, tensor.numel())
     _add_noise_op(tensor, V.to_signed_bits(seed), alpha, V.to_signed_bits(offset),
-                  resolve(backend, tensor.device))
+                  resolve(backend, tensor.device, "add_noise_"))
     return tensor
 
 
@@ -174,7 +174,8 @@ def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     sigma = V.check_scalar(sigma, "sigma")
     offset = V.check_offset(offset, weight.numel())
     return _perturbed_linear_op(x.contiguous(), weight, bias, V.to_signed_bits(seed), sigma,
-                                V.to_signed_bits(offset), resolve(backend, x.device))
+                                V.to_signed_bits(offset),
+                                resolve(backend, x.device, "perturbed_linear"))
 
 
 def population_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seeds,
@@ -195,7 +196,8 @@ def population_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     sigma_values = V.check_coefficients(sigmas, seed_bits.numel(), "sigmas")
     offset = V.check_offset(offset, weight.numel())
     return _population_linear_op(x.contiguous(), weight, bias, seed_bits, sigma_values,
-                                 V.to_signed_bits(offset), resolve(backend, x.device))
+                                 V.to_signed_bits(offset),
+                                 resolve(backend, x.device, "population_linear"))
 
 
 def weighted_noise_sum(shape: Sequence[int], seeds, weights, *, offset: int = 0,
@@ -213,7 +215,7 @@ def weighted_noise_sum(shape: Sequence[int], seeds, weights, *, offset: int = 0,
     V.check_dtype(dtype, "dtype")
     device = torch.device(device)
     out = _weighted_noise_sum_op(list(shape), seed_bits, weight_values, V.to_signed_bits(offset),
-                                 device, resolve(backend, device))
+                                 device, resolve(backend, device, "weighted_noise_sum"))
     return out.to(dtype)
 
 
@@ -243,7 +245,8 @@ def noise_sketch(shape: Sequence[int], seeds, weights, test_matrix: torch.Tensor
     weight_values = V.check_coefficients(weights, seed_bits.numel(), "weights")
     offset = V.check_offset(offset, _numel(shape))
     return _noise_sketch_op(list(shape), seed_bits, weight_values, test_matrix.contiguous(), left,
-                            V.to_signed_bits(offset), resolve(backend, test_matrix.device))
+                            V.to_signed_bits(offset),
+                            resolve(backend, test_matrix.device, "noise_sketch"))
 
 
 def _numel(shape: Sequence[int]) -> int:

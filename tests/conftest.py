@@ -13,6 +13,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from corp_kernels import backends  # noqa: E402
+from corp_kernels.dispatch import implements  # noqa: E402
 
 FP32_EPS = torch.finfo(torch.float32).eps
 # Normals may differ between backends only by the rounding of log/sqrt/sin/cos: measured at most
@@ -42,6 +43,11 @@ BACKEND_DEVICES = _backend_devices()
 
 @pytest.fixture(params=BACKEND_DEVICES)
 def backend_device(request):
+    """(backend, device); a test marked @pytest.mark.op("name") is skipped on backends that do not
+    implement that op (the CUDA extension carries only the elementwise ones)."""
+    marker = request.node.get_closest_marker("op")
+    if marker is not None and not implements(request.param[0], marker.args[0]):
+        pytest.skip(f"backend {request.param[0]!r} does not implement {marker.args[0]}")
     return request.param
 
 

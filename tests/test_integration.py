@@ -27,7 +27,7 @@ def test_cpp_extension_built():
 
 def test_cpu_default_is_cpp_when_built():
     expected = "cpp" if dispatch.backends()["cpp"].available else "torch"
-    assert dispatch.resolve(None, torch.device("cpu")) == expected
+    assert dispatch.resolve(None, torch.device("cpu"), "perturbed_linear") == expected
 
 
 OPCHECK_CASES = {

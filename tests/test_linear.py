@@ -8,6 +8,8 @@ import torch.nn.functional as F
 import corp_kernels as ck
 from corp_kernels import dispatch
 
+pytestmark = pytest.mark.op("perturbed_linear")
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (tokens, out_features, in_features): decode-sized, ragged, and K % 4 == 0 / != 0 (the aligned and
 # unaligned noise-tile paths of the Triton kernel).
@@ -106,11 +108,20 @@ def test_population_member_equals_perturbed_linear(backend_device):
 
 
 def _largest_allocation(fn) -> int:
-    """Bytes of the largest single CPU allocation the profiler sees while fn runs."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                profile_memory=True) as prof:
-        fn()
-    sizes = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0]
+    """Bytes of the largest single CPU allocation the profiler sees while fn runs.
+
+    One thread: the profiler records allocations made on the calling thread only, so the C++
+    kernel's per-thread panel buffers are all visible only when its parallel loop runs inline.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                    profile_memory=True) as prof:
+            fn()
+    finally:
+        torch.set_num_threads(threads)
+    sizes = [e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 0]
     return max(sizes, default=0)
 
 

@@ -19,6 +19,7 @@ KEY_1234_NORMALS = [-0.44222745, 1.5943666, -0.94150925, 0.6151633, 0.11843181, 
                     1.32964, 2.0987196]
 
 
+@pytest.mark.op("philox4x32_10")
 def test_known_answers_bitwise(backend_device):
     backend, device = backend_device
     counters = torch.tensor([c for c, _, _ in KNOWN_ANSWERS], device=device)
@@ -27,6 +28,7 @@ def test_known_answers_bitwise(backend_device):
     assert out.cpu().tolist() == [e for _, _, e in KNOWN_ANSWERS]
 
 
+@pytest.mark.op("philox4x32_10")
 def test_random_words_bitwise_equal_reference(backend_device):
     backend, device = backend_device
     g = torch.Generator().manual_seed(0)

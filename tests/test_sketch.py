@@ -5,6 +5,8 @@ import torch
 
 import corp_kernels as ck
 
+pytestmark = pytest.mark.op("noise_sketch")
+
 SEEDS = [4, 1 << 33, 99]
 WEIGHTS = [0.7, -1.2, 0.4]
 

@@ -1,0 +1,227 @@
+"""The corp-kernels benchmark suite: ours vs. the baseline a user would write, in one run.
+
+    python -m benchmarks.run            # full sweep (the issue's shapes); ~10 min on 2 CPU cores
+    python -m benchmarks.run --quick    # a small sweep for a smoke check
+
+Prints a markdown table and writes benchmarks/results/<device>.json. Ratios are baseline time
+divided by ours (> 1: we are faster), measured side by side (interleaved medians).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import corp_kernels as ck
+from corp_kernels import dispatch
+
+from ._measure import allocation_profile, interleaved_medians
+
+RESULTS_DIR = Path(__file__).parent / "results"
+SIGMA = 1e-3
+
+
+@dataclass(frozen=True)
+class Row:
+    bench: str
+    config: str
+    ours_s: float
+    baseline_s: float
+    ratio: float  # baseline / ours
+    extra: dict
+
+
+def _row(bench, config, ours, baseline, **extra):
+    row = Row(bench, config, ours, baseline, baseline / ours, extra)
+    print(f"  {bench:<22} {config:<34} ours {ours * 1e3:9.3f} ms  baseline "
+          f"{baseline * 1e3:9.3f} ms  x{row.ratio:5.2f}  {extra}", file=sys.stderr)
+    return row
+
+
+def bench_noise(device, dtype, sizes, repeats):
+    rows = []
+    for n in sizes:
+        out = torch.empty(n, device=device, dtype=dtype)
+        t = interleaved_medians({
+            "ours": lambda: ck.gaussian_noise((n,), 7, dtype=dtype, device=device),
+            "randn": lambda: torch.randn(n, out=out),
+        }, repeats, device)
+        rows.append(_row("noise_generation", f"n={n}", t["ours"], t["randn"],
+                         ours_elements_per_s=n / t["ours"], randn_elements_per_s=n / t["randn"]))
+    return rows
+
+
+def bench_perturbed_linear(device, dtype, tokens_list, shapes, repeats):
+    rows = []
+    for n_out, n_in in shapes:
+        w = torch.randn(n_out, n_in, device=device, dtype=dtype) / n_in ** 0.5
+        for tokens in tokens_list:
+            x = torch.randn(tokens, n_in, device=device, dtype=dtype)
+
+            def fused():
+                return ck.perturbed_linear(x, w, None, 11, SIGMA)
+
+            def materialize():
+                eps = ck.gaussian_noise(w.shape, 11, dtype=dtype, device=device)
+                return F.linear(x, w + SIGMA * eps)
+
+            t = interleaved_medians({"fused": fused, "materialize": materialize,
+                                     "plain": lambda: F.linear(x, w)}, repeats, device)
+            extra = {"plain_s": t["plain"], "fused_over_plain": t["fused"] / t["plain"]}
+            if device == "cpu":
+                # Peak bytes allocated during the call (output included) vs. W's own size.
+                extra.update(w_bytes=w.numel() * w.element_size(),
+                             fused_peak_bytes=allocation_profile(fused)[0],
+                             materialize_peak_bytes=allocation_profile(materialize)[0])
+            rows.append(_row("perturbed_linear", f"T={tokens} W={n_out}x{n_in}", t["fused"],
+                             t["materialize"], **extra))
+    return rows
+
+
+def bench_population(device, dtype, members, tokens, shapes, repeats):
+    rows = []
+    for n_out, n_in in shapes:
+        w = torch.randn(n_out, n_in, device=device, dtype=dtype) / n_in ** 0.5
+        x = torch.randn(members, tokens, n_in, device=device, dtype=dtype)
+        seeds = list(range(100, 100 + members))
+
+        def sequential():
+            outs = []
+            for p, s in enumerate(seeds):
+                eps = ck.gaussian_noise(w.shape, s, dtype=dtype, device=device)
+                outs.append(F.linear(x[p], w + SIGMA * eps))
+            return torch.stack(outs)
+
+        t = interleaved_medians({
+            "population": lambda: ck.population_linear(x, w, None, seeds, SIGMA),
+            "sequential": sequential}, repeats, device)
+        rows.append(_row("population_linear", f"P={members} T={tokens} W={n_out}x{n_in}",
+                         t["population"], t["sequential"]))
+    return rows
+
+
+def bench_weighted_sum(device, shape, ks, repeats):
+    rows = []
+    numel = shape[0] * shape[1]
+    for k in ks:
+        seeds = list(range(1, k + 1))
+        weights = torch.linspace(-1, 1, k).tolist()
+
+        def ours():
+            return ck.weighted_noise_sum(shape, seeds, weights, device=device)
+
+        def torch_loop():
+            acc = torch.zeros(shape, device=device)
+            for s, wt in zip(seeds, weights):
+                g = torch.Generator(device=device).manual_seed(s)
+                acc += wt * torch.randn(shape, generator=g, device=device)
+            return acc
+
+        t = interleaved_medians({"ours": ours, "loop": torch_loop}, repeats, device)
+        extra = {}
+        if device == "cpu":
+            peak_ours, _ = allocation_profile(ours)
+            peak_loop, _ = allocation_profile(torch_loop)
+            extra = {"ours_peak_over_output": peak_ours / (numel * 4),
+                     "loop_peak_over_output": peak_loop / (numel * 4)}
+        rows.append(_row("weighted_noise_sum", f"K={k} shape={shape[0]}x{shape[1]}", t["ours"],
+                         t["loop"], **extra))
+    return rows
+
+
+def bench_rsvd(device, shape, k, rank, repeats):
+    seeds = list(range(1, k + 1))
+    weights = torch.linspace(1, 0.1, k).tolist()
+
+    def ours():
+        return ck.randomized_svd_noise(shape, seeds, weights, rank, device=device)
+
+    def materialized():
+        delta = ck.weighted_noise_sum(shape, seeds, weights, device=device)
+        return torch.svd_lowrank(delta, q=rank + 10, niter=2)
+
+    t = interleaved_medians({"ours": ours, "materialized": materialized}, repeats, device)
+    extra = {}
+    if device == "cpu":
+        extra = {"ours_peak_bytes": allocation_profile(ours)[0],
+                 "materialized_peak_bytes": allocation_profile(materialized)[0]}
+    return [_row("randomized_svd_noise", f"K={k} rank={rank} shape={shape[0]}x{shape[1]}",
+                 t["ours"], t["materialized"], **extra)]
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name().replace(" ", "-")
+    return f"cpu-{platform.machine()}-{torch.get_num_threads()}threads"
+
+
+def to_markdown(rows: list[Row]) -> str:
+    lines = ["| benchmark | config | ours (ms) | baseline (ms) | baseline / ours | notes |",
+             "|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        notes = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in r.extra.items())
+        lines.append(f"| {r.bench} | {r.config} | {r.ours_s * 1e3:.3f} | "
+                     f"{r.baseline_s * 1e3:.3f} | {r.ratio:.2f} | {notes} |")
+    return "\n".join(lines)
+
+
+BASELINES = {
+    "noise_generation": "torch.randn(out=) on the same tensor",
+    "perturbed_linear": "materialize W + sigma*eps (our generator), then F.linear",
+    "population_linear": "8 sequential members, each materialized",
+    "weighted_noise_sum": "loop: torch.Generator per member, acc += w * torch.randn",
+    "randomized_svd_noise": "materialize the sum, then torch.svd_lowrank(q=rank+10, niter=2)",
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sweep for a smoke check")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="results JSON (default benchmarks/results/<device>[-quick].json)")
+    args = parser.parse_args(argv)
+    device = args.device
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    started = time.time()
+    if args.quick:
+        rows = (bench_noise(device, dtype, [1 << 20], 5)
+                + bench_perturbed_linear(device, dtype, [1, 16], [(576, 576), (1536, 576)], 5)
+                + bench_population(device, dtype, 8, 16, [(576, 576)], 3)
+                + bench_weighted_sum(device, (576, 576), [8], 3)
+                + bench_rsvd(device, (576, 576), 8, 8, 3))
+    else:
+        shapes = [(576, 576), (1536, 576), (2048, 2048), (4096, 4096)]
+        rows = (bench_noise(device, dtype, [1 << 20, 1 << 24], 9)
+                + bench_perturbed_linear(device, dtype, [1, 16, 128, 1024], shapes, 5)
+                + bench_population(device, dtype, 8, 16, [(576, 576), (2048, 2048)], 3)
+                + bench_weighted_sum(device, (1536, 576), [8, 50, 500], 3)
+                + bench_rsvd(device, (2048, 2048), 50, 16, 3))
+    name = device_name(device)
+    table = to_markdown(rows)
+    print(f"## corp-kernels benchmarks on {name} ({dtype}, torch {torch.__version__}, backends "
+          f"{[b for b, s in dispatch.backends().items() if s.available]})\n")
+    print(table)
+    print("\nBaselines: " + "; ".join(f"{k}: {v}" for k, v in BASELINES.items()))
+    output = args.output or RESULTS_DIR / f"{name}{'-quick' if args.quick else ''}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({
+        "device": name, "dtype": str(dtype), "torch": torch.__version__,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": time.time() - started, "baselines": BASELINES,
+        "rows": [asdict(r) for r in rows]}, indent=2))
+    print(f"\nwrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
