@@ -1,4 +1,4 @@
-"""Timing and memory helpers: medians of interleaved runs, peak bytes from the torch profiler."""
+"""Timing helpers: medians of interleaved runs. (Memory: corp_kernels._memory.)"""
 
 from __future__ import annotations
 
@@ -29,26 +29,3 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, devi
             sync(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def allocation_profile(fn: Callable[[], object]) -> tuple[int, int]:
-    """(peak live bytes, largest single allocation) of the CPU allocations fn makes, from the
-    profiler's memory events in time order (tensors alive before fn are not counted). Run with one
-    thread: the profiler sees allocations of the calling thread only."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                    profile_memory=True) as prof:
-            fn()
-    finally:
-        torch.set_num_threads(threads)
-    # self_ sizes: an op's event also carries its children's allocations.
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage != 0),
-                    key=lambda e: e.time_range.start)
-    live = peak = largest = 0
-    for e in events:
-        live += e.self_cpu_memory_usage
-        peak = max(peak, live)
-        largest = max(largest, e.self_cpu_memory_usage)
-    return peak, largest

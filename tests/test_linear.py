@@ -7,13 +7,15 @@ import torch.nn.functional as F
 
 import corp_kernels as ck
 from corp_kernels import dispatch
+from corp_kernels._memory import allocation_profile
 
 pytestmark = pytest.mark.op("perturbed_linear")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (tokens, out_features, in_features): decode-sized, ragged, and K % 4 == 0 / != 0 (the aligned and
-# unaligned noise-tile paths of the Triton kernel).
-SHAPES = [(1, 8, 16), (5, 37, 53), (3, 64, 68), (17, 70, 33)]
+# unaligned noise-tile paths of the Triton kernel); 130 tokens takes the C++ kernel's many-token
+# path (big sequential panels).
+SHAPES = [(1, 8, 16), (5, 37, 53), (3, 64, 68), (17, 70, 33), (130, 41, 36)]
 
 
 def _inputs(tokens, n_out, n_in, dtype, bias, seed=0, members=None):
@@ -80,17 +82,17 @@ def test_sigma_zero_is_plain_linear(backend_device):
     torch.testing.assert_close(out.cpu(), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("members", [1, 8])
+@pytest.mark.parametrize("members, tokens", [(1, 3), (8, 3), (2, 130)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-def test_population_linear(backend_device, members, dtype, bias):
+def test_population_linear(backend_device, members, tokens, dtype, bias):
     backend, device = backend_device
-    x, w, b = _inputs(3, 37, 52, dtype, bias, members=members)
+    x, w, b = _inputs(tokens, 37, 52, dtype, bias, members=members)
     seeds = [1000 + 17 * p for p in range(members)]
     sigmas = [0.01 * (p + 1) for p in range(members)]
     out = ck.population_linear(x.to(device), w.to(device), None if b is None else b.to(device),
                                seeds, sigmas, backend=backend)
-    assert out.shape == (members, 3, 37) and out.dtype == dtype
+    assert out.shape == (members, tokens, 37) and out.dtype == dtype
     for p in range(members):
         _assert_as_accurate_as_plain_pytorch(out[p], x[p], w, b, seeds[p], sigmas[p])
 
@@ -108,21 +110,7 @@ def test_population_member_equals_perturbed_linear(backend_device):
 
 
 def _largest_allocation(fn) -> int:
-    """Bytes of the largest single CPU allocation the profiler sees while fn runs.
-
-    One thread: the profiler records allocations made on the calling thread only, so the C++
-    kernel's per-thread panel buffers are all visible only when its parallel loop runs inline.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                    profile_memory=True) as prof:
-            fn()
-    finally:
-        torch.set_num_threads(threads)
-    sizes = [e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 0]
-    return max(sizes, default=0)
+    return allocation_profile(fn)[1]
 
 
 @pytest.mark.skipif(not dispatch.backends()["cpp"].available, reason="C++ extension not built")

@@ -27,6 +27,22 @@ int64_t panel_rows(int64_t rows, int64_t cols) {
   return std::max<int64_t>(1, std::min<int64_t>(rows, kPanelFloats / std::max<int64_t>(cols, 1)));
 }
 
+// Panel rows for a product with `tokens` columns: every panel's GEMM streams all of x^T, so with
+// many tokens small panels starve the BLAS. Grow the panel with the token count (up to
+// kMaxPanelFloats, 4 MiB), but keep at least one panel per thread.
+constexpr int64_t kMaxPanelFloats = 1 << 20;
+constexpr int64_t kTokensPerPanelStep = 32;
+// From this many tokens on, perturbed_panels switches to big sequential panels.
+constexpr int64_t kManyTokens = 128;
+
+int64_t linear_panel_rows(int64_t rows, int64_t cols, int64_t tokens) {
+  const int64_t scale = std::max<int64_t>(1, tokens / kTokensPerPanelStep);
+  const int64_t floats = std::min<int64_t>(kMaxPanelFloats, kPanelFloats * scale);
+  const int64_t per_thread = (rows + at::get_num_threads() - 1) / at::get_num_threads();
+  return std::max<int64_t>(
+      1, std::min<int64_t>({rows, per_thread, floats / std::max<int64_t>(cols, 1)}));
+}
+
 template <class scalar_t>
 float to_float(scalar_t v) {
   return static_cast<float>(v);
@@ -126,26 +142,51 @@ at::Tensor weighted_noise_sum(at::IntArrayRef shape, const at::Tensor& seeds,
 }
 
 // y^T[rows] = (W[rows] + sigma * eps[rows]) @ x^T for each panel of rows; the panel is the only
-// W-like buffer and it is kPanelFloats long.
+// W-like buffer, at most kMaxPanelFloats long.
 template <class scalar_t>
 void perturbed_panels(const scalar_t* w, int64_t N, int64_t K, const at::Tensor& x_t,
                       const uint32_t* keys, const float* sigmas, int64_t members,
                       int64_t member_stride_x, uint64_t base, at::Tensor& y_t) {
-  const int64_t R = panel_rows(N, K);
+  const int64_t T = x_t.size(-1);
+  auto panel_product = [&](float* bp, const at::Tensor& panel, int64_t r0, int64_t rows,
+                           int64_t m, bool parallel_fill) {
+    const uint64_t position = base + static_cast<uint64_t>(r0 * K);
+    if (parallel_fill) {
+      at::parallel_for(0, rows * K, kChunk, [&](int64_t b, int64_t e) {
+        perturbed_into(w + r0 * K + b, position + b, e - b, keys[2 * m], keys[2 * m + 1],
+                       sigmas[m], bp + b);
+      });
+    } else {
+      perturbed_into(w + r0 * K, position, rows * K, keys[2 * m], keys[2 * m + 1], sigmas[m], bp);
+    }
+    auto x_m = member_stride_x ? x_t.select(0, m) : x_t;
+    auto out = y_t.select(0, m).narrow(0, r0, rows);
+    at::mm_out(out, panel, x_m);
+  };
+  if (T >= kManyTokens) {
+    // Many tokens: the GEMM dominates. Big panels one after another, each filled by all threads
+    // and multiplied by the multi-threaded BLAS.
+    // At least two panels, so that even a small W is never copied whole.
+    const int64_t R = std::max<int64_t>(1, std::min<int64_t>((N + 1) / 2, kMaxPanelFloats / K));
+    auto buf = at::empty({R, K}, at::TensorOptions().dtype(at::kFloat));
+    for (int64_t r0 = 0; r0 < N; r0 += R) {
+      const int64_t rows = std::min(R, N - r0);
+      for (int64_t m = 0; m < members; ++m) {
+        panel_product(buf.data_ptr<float>(), buf.narrow(0, 0, rows), r0, rows, m, true);
+      }
+    }
+    return;
+  }
+  // Few tokens: noise generation dominates. Cache-sized panels, one thread each.
+  const int64_t R = linear_panel_rows(N, K, T);
   const int64_t panels = (N + R - 1) / R;
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
     auto buf = at::empty({R, K}, at::TensorOptions().dtype(at::kFloat));
-    float* bp = buf.data_ptr<float>();
     for (int64_t pi = begin; pi < end; ++pi) {
       const int64_t r0 = pi * R;
       const int64_t rows = std::min(R, N - r0);
-      auto panel = buf.narrow(0, 0, rows);
       for (int64_t m = 0; m < members; ++m) {
-        perturbed_into(w + r0 * K, base + static_cast<uint64_t>(r0 * K), rows * K, keys[2 * m],
-                       keys[2 * m + 1], sigmas[m], bp);
-        auto x_m = member_stride_x ? x_t.select(0, m) : x_t;
-        auto out = y_t.select(0, m).narrow(0, r0, rows);
-        at::mm_out(out, panel, x_m);
+        panel_product(buf.data_ptr<float>(), buf.narrow(0, 0, rows), r0, rows, m, false);
       }
     }
   });
