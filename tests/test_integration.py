@@ -69,3 +69,41 @@ def test_torch_compile_cpu(backend):
     x, w, b = torch.randn(3, 8), torch.randn(6, 8), torch.randn(6)
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x, w, b), layer(x, w, b))
+
+
+def test_import_survives_a_broken_extension():
+    """A native library that fails to load: import works, the default falls back to torch with a
+    warning, and asking for the broken backend by name raises with the reason."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys, warnings
+
+        class Broken:
+            def find_spec(self, name, path=None, target=None):
+                if name == "corp_kernels._C":
+                    raise ImportError("simulated: undefined symbol")
+                return None
+
+        sys.meta_path.insert(0, Broken())
+        import corp_kernels as ck
+        status = ck.backends()["cpp"]
+        assert not status.available and "simulated: undefined symbol" in status.reason, status
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ck.gaussian_noise((4,), 1)
+        assert any("using the torch reference" in str(w.message) for w in caught), caught
+        try:
+            ck.gaussian_noise((4,), 1, backend="cpp")
+        except RuntimeError as exc:
+            assert "simulated: undefined symbol" in str(exc)
+        else:
+            raise AssertionError("backend='cpp' did not raise")
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")

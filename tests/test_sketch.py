@@ -76,3 +76,14 @@ def test_randomized_svd_on_triton_matches_cpp(backend_device):
     out = ck.randomized_svd_noise(shape, [1, 2, 3], [1.0, -1.0, 0.5], 3, backend=backend,
                                   device=device)
     torch.testing.assert_close(out[1].cpu(), ref[1], rtol=1e-4, atol=1e-4)
+
+
+def test_randomized_svd_budget_path_matches_streaming():
+    """Within a memory budget the sum is materialized once; the factors are the same."""
+    shape, seeds, weights = (50, 30), [1, 2, 3, 4], [1.0, -0.5, 0.25, 2.0]
+    streaming = ck.randomized_svd_noise(shape, seeds, weights, 3)
+    budget = ck.randomized_svd_noise(shape, seeds, weights, 3, memory_budget_bytes=50 * 30 * 4)
+    torch.testing.assert_close(budget[1], streaming[1], rtol=1e-4, atol=1e-4)
+    # Same subspaces (up to sign): |u_s . u_b| = 1 per column.
+    cos = (budget[0] * streaming[0]).sum(0).abs()
+    torch.testing.assert_close(cos, torch.ones(3), rtol=0, atol=1e-3)
