@@ -29,7 +29,7 @@ int64_t panel_rows(int64_t rows, int64_t cols) {
 
 // Panel rows for a product with `tokens` columns: every panel's GEMM streams all of x^T, so with
 // many tokens small panels starve the BLAS. Grow the panel with the token count (up to
-// kMaxPanelFloats, 4 MiB), but keep at least one panel per thread.
+// kMaxPanelFloats, 4 MiB), and split the rows evenly over the threads.
 constexpr int64_t kMaxPanelFloats = 1 << 20;
 constexpr int64_t kTokensPerPanelStep = 32;
 // From this many tokens on, perturbed_panels switches to big sequential panels.
@@ -38,9 +38,12 @@ constexpr int64_t kManyTokens = 128;
 int64_t linear_panel_rows(int64_t rows, int64_t cols, int64_t tokens) {
   const int64_t scale = std::max<int64_t>(1, tokens / kTokensPerPanelStep);
   const int64_t floats = std::min<int64_t>(kMaxPanelFloats, kPanelFloats * scale);
-  const int64_t per_thread = (rows + at::get_num_threads() - 1) / at::get_num_threads();
-  return std::max<int64_t>(
-      1, std::min<int64_t>({rows, per_thread, floats / std::max<int64_t>(cols, 1)}));
+  const int64_t max_rows = std::max<int64_t>(1, floats / std::max<int64_t>(cols, 1));
+  // Balance: a panel count that is a multiple of the thread count, panels of equal height.
+  const int64_t threads = at::get_num_threads();
+  int64_t panels = (rows + max_rows - 1) / max_rows;
+  panels = std::min<int64_t>(rows, (panels + threads - 1) / threads * threads);
+  return std::max<int64_t>(1, (rows + panels - 1) / panels);
 }
 
 template <class scalar_t>

@@ -8,12 +8,55 @@
 
 #include <string.h>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "../philox.h"
 
 namespace corp {
 namespace cpu {
 
 constexpr int kLanes = 16;  // counters per vector batch: 64 normals
+
+#if defined(__AVX2__)
+// GCC's auto-vectorized 32x32->64 multiplies cost 2.0 ns per normal on this machine's cores; the
+// even/odd vpmuludq form below is the usual hand-written one (measured in the commit message).
+inline void mulhilo8(__m256i x, __m256i m, __m256i* hi, __m256i* lo) {
+  const __m256i even = _mm256_mul_epu32(x, m);                         // lanes 0, 2, 4, 6
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(x, 32), m);  // lanes 1, 3, 5, 7
+  *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+// Ten Philox rounds on 8 counters whose words are in x0..x3 (arrays of 8), in place.
+inline void philox_rounds8(uint32_t* x0, uint32_t* x1, uint32_t* x2, uint32_t* x3, uint32_t k0,
+                           uint32_t k1) {
+  __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0));
+  __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x1));
+  __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x2));
+  __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x3));
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
+  for (int round = 0; round < kPhiloxRounds; ++round) {
+    __m256i hi0, lo0, hi1, lo1;
+    mulhilo8(a, m0, &hi0, &lo0);
+    mulhilo8(c, m1, &hi1, &lo1);
+    const __m256i key0 = _mm256_set1_epi32(static_cast<int>(k0));
+    const __m256i key1 = _mm256_set1_epi32(static_cast<int>(k1));
+    a = _mm256_xor_si256(_mm256_xor_si256(hi1, b), key0);
+    c = _mm256_xor_si256(_mm256_xor_si256(hi0, d), key1);
+    b = lo1;
+    d = lo0;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(x0), a);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(x1), b);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(x2), c);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(x3), d);
+}
+#endif
 
 // Writes the 4 * kLanes normals of counters [counter, counter + kLanes) in stream order.
 inline void normals_batch(uint64_t counter, uint32_t k0, uint32_t k1, float* out) {
@@ -28,6 +71,9 @@ inline void normals_batch(uint64_t counter, uint32_t k0, uint32_t k1, float* out
     x2[l] = 0u;
     x3[l] = 0u;
   }
+#if defined(__AVX2__)
+  for (int l = 0; l < kLanes; l += 8) philox_rounds8(x0 + l, x1 + l, x2 + l, x3 + l, k0, k1);
+#else
   uint32_t key0 = k0, key1 = k1;
   for (int round = 0; round < kPhiloxRounds; ++round) {
 #pragma omp simd
@@ -44,6 +90,7 @@ inline void normals_batch(uint64_t counter, uint32_t k0, uint32_t k1, float* out
     key0 += kPhiloxW0;
     key1 += kPhiloxW1;
   }
+#endif
   float n0[kLanes], n1[kLanes], n2[kLanes], n3[kLanes];
 #pragma omp simd
   for (int l = 0; l < kLanes; ++l) {
