@@ -15,7 +15,7 @@ def sync(device: str) -> None:
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, device: str = "cpu",
-                        warmup: int = 1) -> dict[str, float]:
+                        warmup: int = 3) -> dict[str, float]:
     """Median seconds per call of each fn, run round-robin so machine noise hits all alike."""
     for fn in fns.values():
         for _ in range(warmup):
