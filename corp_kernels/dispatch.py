@@ -78,12 +78,6 @@ _STATUS = {name: _probe(name) for name in BACKENDS}
 _WARNED: set[str] = set()
 
 
-def _status(name: str) -> BackendStatus:
-    if name not in _STATUS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
-    return _STATUS[name]
-
-
 def backends() -> dict[str, BackendStatus]:
     """Every backend with whether it is available here and why (not)."""
     return dict(_STATUS)
@@ -116,14 +110,16 @@ def resolve(backend: str | None, device: torch.device, op: str) -> str:
     if backend is None:
         preferred = ("triton", "cuda") if device.type == "cuda" else ("cpp",)
         for name in preferred:
-            status = _status(name)
-            if status.available and implements(name, op):
+            if not implements(name, op):
+                continue  # not a fallback: this backend never carried the op
+            status = _STATUS[name]
+            if status.available:
                 return name
             _warn_fallback(name, status.reason)
         return "torch"
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    status = _status(backend)
+    status = _STATUS[backend]
     if not status.available:
         raise RuntimeError(f"backend {backend!r} was requested but is unavailable: {status.reason}")
     if not implements(backend, op):

@@ -28,17 +28,15 @@ def test_noise_sketch_matches_materialized(backend_device, side, shape, offset):
     torch.testing.assert_close(out.double().cpu(), expected, rtol=0, atol=1e-5 * inner)
 
 
-def _planted(shape, rank):
-    """A weighted noise sum whose top singular values stand out: weights on many seeds."""
-    seeds = list(range(100, 140))
-    weights = torch.linspace(1.0, 0.1, len(seeds)).tolist()
-    return seeds, weights
+# 40 seeds with decaying weights: their sum is itself a Gaussian matrix (flat spectrum).
+RSVD_SEEDS = list(range(100, 140))
+RSVD_WEIGHTS = torch.linspace(1.0, 0.1, len(RSVD_SEEDS)).tolist()
 
 
 @pytest.mark.parametrize("power_iters", [0, 2])
 def test_randomized_svd_matches_exact_svd(power_iters):
     shape, rank = (60, 45), 4
-    seeds, weights = _planted(shape, rank)
+    seeds, weights = RSVD_SEEDS, RSVD_WEIGHTS
     u, s, v = ck.randomized_svd_noise(shape, seeds, weights, rank, oversample=10,
                                       power_iters=power_iters)
     assert u.shape == (60, rank) and s.shape == (rank,) and v.shape == (45, rank)
@@ -60,8 +58,7 @@ def test_randomized_svd_matches_exact_svd(power_iters):
 
 
 def test_randomized_svd_recovers_low_rank_structure_exactly():
-    """A rank-2 sum (one seed's noise on 2 rows... built as K=2 seeds over a 2-row tensor) is
-    reproduced exactly, since its rank is within the sketch."""
+    """A 2 x 40 sum has rank 2; a rank-2 sketch of it reproduces it exactly."""
     shape = (2, 40)
     u, s, v = ck.randomized_svd_noise(shape, [1, 2], [1.0, 0.5], 2, oversample=0)
     delta = ck.weighted_noise_sum(shape, [1, 2], [1.0, 0.5])

@@ -151,8 +151,10 @@ void perturbed_panels(const scalar_t* w, int64_t N, int64_t K, const at::Tensor&
                       const uint32_t* keys, const float* sigmas, int64_t members,
                       int64_t member_stride_x, uint64_t base, at::Tensor& y_t) {
   const int64_t T = x_t.size(-1);
-  auto panel_product = [&](float* bp, const at::Tensor& panel, int64_t r0, int64_t rows,
-                           int64_t m, bool parallel_fill) {
+  // Fills buf's first `rows` rows with W[r0:r0+rows] + sigma_m * eps_m and multiplies them in.
+  auto panel_product = [&](at::Tensor& buf, int64_t r0, int64_t rows, int64_t m,
+                           bool parallel_fill) {
+    float* bp = buf.data_ptr<float>();
     const uint64_t position = base + static_cast<uint64_t>(r0 * K);
     if (parallel_fill) {
       at::parallel_for(0, rows * K, kChunk, [&](int64_t b, int64_t e) {
@@ -164,7 +166,7 @@ void perturbed_panels(const scalar_t* w, int64_t N, int64_t K, const at::Tensor&
     }
     auto x_m = member_stride_x ? x_t.select(0, m) : x_t;
     auto out = y_t.select(0, m).narrow(0, r0, rows);
-    at::mm_out(out, panel, x_m);
+    at::mm_out(out, buf.narrow(0, 0, rows), x_m);
   };
   if (T >= kManyTokens) {
     // Many tokens: the GEMM dominates. Big panels one after another, each filled by all threads
@@ -175,7 +177,7 @@ void perturbed_panels(const scalar_t* w, int64_t N, int64_t K, const at::Tensor&
     for (int64_t r0 = 0; r0 < N; r0 += R) {
       const int64_t rows = std::min(R, N - r0);
       for (int64_t m = 0; m < members; ++m) {
-        panel_product(buf.data_ptr<float>(), buf.narrow(0, 0, rows), r0, rows, m, true);
+        panel_product(buf, r0, rows, m, true);
       }
     }
     return;
@@ -189,7 +191,7 @@ void perturbed_panels(const scalar_t* w, int64_t N, int64_t K, const at::Tensor&
       const int64_t r0 = pi * R;
       const int64_t rows = std::min(R, N - r0);
       for (int64_t m = 0; m < members; ++m) {
-        panel_product(buf.data_ptr<float>(), buf.narrow(0, 0, rows), r0, rows, m, false);
+        panel_product(buf, r0, rows, m, false);
       }
     }
   });
