@@ -8,6 +8,7 @@ from .dispatch import backends
 from .ops import (
     add_noise_,
     gaussian_noise,
+    noise_gram,
     noise_sketch,
     perturbed_linear,
     philox4x32_10,
@@ -20,6 +21,7 @@ __all__ = [
     "add_noise_",
     "backends",
     "gaussian_noise",
+    "noise_gram",
     "noise_sketch",
     "perturbed_linear",
     "philox4x32_10",

@@ -19,7 +19,7 @@ import torch
 
 BACKENDS = ("torch", "cpp", "triton", "cuda")
 ALL_OPS = frozenset({"philox4x32_10", "gaussian_noise", "add_noise_", "weighted_noise_sum",
-                     "perturbed_linear", "population_linear", "noise_sketch"})
+                     "perturbed_linear", "population_linear", "noise_sketch", "noise_gram"})
 # The CUDA extension carries the elementwise ops; Triton owns the matmul-shaped ones on a GPU.
 IMPLEMENTED_OPS = {"torch": ALL_OPS, "cpp": ALL_OPS, "triton": ALL_OPS,
                    "cuda": frozenset({"gaussian_noise", "add_noise_", "weighted_noise_sum"})}

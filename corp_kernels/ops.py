@@ -102,6 +102,17 @@ def _(shape, seeds, weights, test_matrix, left, offset, backend):
     return test_matrix.new_empty(out, dtype=torch.float32)
 
 
+@torch.library.custom_op("corp_kernels::noise_gram", mutates_args=())
+def _noise_gram_op(numel: int, seeds: torch.Tensor, offset: int, device: torch.device,
+                   backend: str) -> torch.Tensor:
+    return implementation(backend).noise_gram(numel, seeds, offset, device)
+
+
+@_noise_gram_op.register_fake
+def _(numel, seeds, offset, device, backend):
+    return torch.empty((seeds.numel(), seeds.numel()), dtype=torch.float64, device=device)
+
+
 # --- public API -----------------------------------------------------------------------------------
 
 
@@ -247,6 +258,28 @@ def noise_sketch(shape: Sequence[int], seeds, weights, test_matrix: torch.Tensor
     return _noise_sketch_op(list(shape), seed_bits, weight_values, test_matrix.contiguous(), left,
                             V.to_signed_bits(offset),
                             resolve(backend, test_matrix.device, "noise_sketch"))
+
+
+def noise_gram(shape: Sequence[int], seeds, coeffs=None, *, offset: int = 0,
+               device: _DEVICE_LIKE = "cpu", backend: str | None = None) -> torch.Tensor:
+    """K x K float64 Gram of the members' noises over a tensor of `shape`:
+    G[i, j] = coeffs[i] * coeffs[j] * <eps(seeds[i]), eps(seeds[j])>.
+
+    Streaming: every tile of all K noises is generated once and multiplied into the K x K
+    accumulator, so memory is O(K * tile + K^2), never K tensors of `shape`. Distinct seeds are
+    nearly, not exactly, orthogonal (cosines ~ 1/sqrt(numel)); this gives the exact values.
+    """
+    shape = V.check_shape(shape)
+    seed_bits = V.check_seeds(seeds)
+    numel = _numel(shape)
+    offset = V.check_offset(offset, numel)
+    device = torch.device(device)
+    gram = _noise_gram_op(numel, seed_bits, V.to_signed_bits(offset), device,
+                          resolve(backend, device, "noise_gram"))
+    if coeffs is not None:
+        c = V.check_coefficients(coeffs, seed_bits.numel(), "coeffs").to(gram.device)
+        gram = gram * c[:, None] * c[None, :]
+    return gram
 
 
 def _numel(shape: Sequence[int]) -> int:

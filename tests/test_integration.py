@@ -7,7 +7,7 @@ import torch
 
 import corp_kernels as ck
 from corp_kernels import dispatch
-from corp_kernels.ops import (_add_noise_op, _gaussian_noise_op, _noise_sketch_op,
+from corp_kernels.ops import (_add_noise_op, _gaussian_noise_op, _noise_gram_op, _noise_sketch_op,
                               _perturbed_linear_op, _population_linear_op, _weighted_noise_sum_op)
 
 
@@ -44,6 +44,7 @@ OPCHECK_CASES = {
     "noise_sketch": (_noise_sketch_op, ([5, 6], torch.tensor([1, 2]),
                                         torch.tensor([0.5, 1.0], dtype=torch.float64),
                                         torch.randn(6, 3), False, 0)),
+    "noise_gram": (_noise_gram_op, (30, torch.tensor([1, 2, 9]), 5, torch.device("cpu"))),
 }
 
 

@@ -38,3 +38,7 @@ def population_linear(x, weight, bias, seeds, sigmas, offset):
 def noise_sketch(shape, seeds, weights, test_matrix, left, offset):
     rows, cols = shape
     return _ops().noise_sketch(rows, cols, seeds, weights, test_matrix, left, offset)
+
+
+def noise_gram(numel, seeds, offset, device):
+    return _ops().noise_gram(numel, seeds, offset)

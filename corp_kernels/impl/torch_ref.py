@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validation import from_signed_bits
+from .._validation import from_signed_bits, to_signed_bits
 
 MASK32 = 0xFFFFFFFF
 PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
@@ -123,3 +123,17 @@ def noise_sketch(shape, seeds, weights, test_matrix, left, offset):
     delta = weighted_noise_sum(shape, seeds, weights, offset, test_matrix.device)
     tm = test_matrix.float()
     return tm @ delta if left else delta @ tm
+
+
+def noise_gram(numel, seeds, offset, device, chunk=1 << 16):
+    """G[i, j] = sum_e eps_i[e] eps_j[e], in float64 from the float32 noise, chunk by chunk."""
+    seed_list = seeds.tolist()
+    gram = torch.zeros((len(seed_list), len(seed_list)), dtype=torch.float64)
+    first = from_signed_bits(offset)
+    for start in range(0, numel, chunk):
+        length = min(chunk, numel - start)
+        position = (first + start) & 0xFFFFFFFFFFFFFFFF
+        rows = torch.stack([noise_stream(s, to_signed_bits(position), length) for s in seed_list])
+        rows = rows.to(torch.float64)
+        gram += rows @ rows.T
+    return gram.to(device)

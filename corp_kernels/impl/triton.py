@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..triton_kernels.gaussian_noise import noise_fill_
+from ..triton_kernels.noise_gram import noise_gram as _noise_gram
 from ..triton_kernels.noise_sketch import noise_sketch as _noise_sketch
 from ..triton_kernels import perturbed_linear as _linear
 from ..triton_kernels import weighted_noise_sum as _wsum
@@ -35,3 +36,7 @@ def perturbed_linear(x, weight, bias, seed, sigma, offset):
 
 def population_linear(x, weight, bias, seeds, sigmas, offset):
     return _linear.population_linear(x, weight, bias, seeds, sigmas, from_signed_bits(offset))
+
+
+def noise_gram(numel, seeds, offset, device):
+    return _noise_gram(numel, seeds, from_signed_bits(offset), device)

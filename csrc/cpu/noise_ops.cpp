@@ -292,6 +292,42 @@ at::Tensor noise_sketch(int64_t rows, int64_t cols, const at::Tensor& seeds,
   return left ? out.sum(0) : out;
 }
 
+
+// Gram matrix of K seeded noises over `numel` stream positions: G[i][j] = sum_e eps_i[e] eps_j[e].
+// Each chunk of positions holds all K noises ([K, L] floats, at most kGramChunkFloats); its fp32
+// Gram goes through the BLAS and is added to a per-thread fp64 accumulator, so every noise value
+// is generated once and memory is O(K * L + K^2), never K * numel.
+constexpr int64_t kGramChunkFloats = 1 << 20;
+
+at::Tensor noise_gram(int64_t numel, const at::Tensor& seeds, int64_t offset) {
+  auto s = seeds.to(at::kLong).contiguous();
+  const int64_t K = s.numel();
+  TORCH_CHECK(K > 0 && numel >= 0, "noise_gram: seeds/numel");
+  const int64_t L = std::max<int64_t>(256, std::min<int64_t>(numel, kGramChunkFloats / K) / 16 * 16);
+  const int64_t chunks = (numel + L - 1) / L;
+  const int64_t threads = at::get_num_threads();
+  const int64_t* sp = s.data_ptr<int64_t>();
+  const uint64_t base = as_u64(offset);
+  auto partial = at::zeros({threads, K, K}, at::TensorOptions().dtype(at::kDouble));
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    auto buf = at::empty({K, L}, at::TensorOptions().dtype(at::kFloat));
+    float* bp = buf.data_ptr<float>();
+    auto acc = partial.select(0, at::get_thread_num());
+    for (int64_t ci = begin; ci < end; ++ci) {
+      const int64_t e0 = ci * L;
+      const int64_t len = std::min(L, numel - e0);
+      for (int64_t k = 0; k < K; ++k) {
+        uint32_t k0, k1;
+        split_seed(as_u64(sp[k]), &k0, &k1);
+        noise_into(base + static_cast<uint64_t>(e0), len, k0, k1, 1.0f, false, bp + k * L);
+      }
+      auto block = buf.narrow(1, 0, len);
+      acc.add_(at::mm(block, block.t()).to(at::kDouble));
+    }
+  });
+  return partial.sum(0);
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace corp
@@ -309,6 +345,7 @@ TORCH_LIBRARY(corp_cpu, m) {
   m.def(
       "noise_sketch(int rows, int cols, Tensor seeds, Tensor weights, Tensor test_matrix,"
       " bool left, int offset) -> Tensor");
+  m.def("noise_gram(int numel, Tensor seeds, int offset) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(corp_cpu, CPU, m) {
@@ -318,4 +355,5 @@ TORCH_LIBRARY_IMPL(corp_cpu, CPU, m) {
   m.impl("population_linear", &corp::cpu::population_linear);
   m.impl("noise_sketch", &corp::cpu::noise_sketch);
   m.impl("weighted_noise_sum", &corp::cpu::weighted_noise_sum);
+  m.impl("noise_gram", &corp::cpu::noise_gram);
 }
