@@ -1,0 +1,75 @@
+"""The built-in default for `corp run`: a tiny Llama briefly trained on the addition task.
+
+RandOpt and CoRP post-train a *pretrained* model; a random tiny model answers nothing, so every
+member would score 0. The stand-in is trained with plain next-token cross-entropy on addition
+problems that are in none of the task's splits, for few enough steps that it is competent but
+imperfect (the regime where nearby perturbations can help). Deterministic for a given seed; takes
+seconds on a CPU; cached as a Hugging Face directory so later commands reuse it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+import torch
+
+from .models import LoadedModel, build_tiny_model, load_model, save_model
+from .tasks import AdditionTask
+
+log = logging.getLogger("corp")
+
+DEFAULT_MODEL = "builtin:tiny-llama-add"
+
+
+def pretrain_tiny(task: AdditionTask, steps: int = 300, seed: int = 0, arch: str = "llama",
+                  batch_size: int = 64, lr: float = 3e-3) -> LoadedModel:
+    loaded = build_tiny_model(arch, seed=seed)
+    model, codec = loaded.model, loaded.codec
+    held_out = {e.prompt for split in task.splits().values() for e in split}
+    pool = [e for e in task.all_examples() if e.prompt not in held_out]
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    for step in range(steps):
+        batch = rng.sample(pool, batch_size)
+        seqs, labels = [], []
+        for e in batch:
+            p, t = codec.encode_prompt(e.prompt), codec.encode_target(e.answer)
+            seqs.append(p + t)
+            labels.append([-100] * len(p) + t)
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), codec.pad_id)
+        lab = torch.full((len(seqs), width), -100)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, (s, l) in enumerate(zip(seqs, labels)):
+            ids[i, :len(s)], lab[i, :len(l)], mask[i, :len(s)] = torch.tensor(s), \
+                torch.tensor(l), 1
+        loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            log.info("built-in model pretraining: step %d/%d, loss %.3f", step + 1, steps,
+                     loss.item())
+    model.eval()
+    loaded.source = f"{DEFAULT_MODEL}(arch={arch}, steps={steps}, seed={seed})"
+    return loaded
+
+
+def builtin_model(cache_dir: str, task: AdditionTask, steps: int = 300, seed: int = 0
+                  ) -> LoadedModel:
+    """The built-in model, trained once and then loaded from `cache_dir`."""
+    marker = os.path.join(cache_dir, "corp_builtin.txt")
+    if os.path.exists(marker):
+        loaded = load_model(cache_dir)
+        with open(marker) as f:
+            loaded.source = f.read().strip()
+        return loaded
+    loaded = pretrain_tiny(task, steps=steps, seed=seed)
+    save_model(loaded, cache_dir)
+    with open(marker, "w") as f:
+        f.write(loaded.source + "\n")
+    return loaded

@@ -1,0 +1,363 @@
+"""CoRP: fold a rewarded population into one model (shared/corp-method.md; choices documented here).
+
+Every perturbation is a coefficient vector over seeds: delta = sum_j c_j eps(seed_j) on every
+perturbed parameter. Geometry (norms, alignment, dispersion, principal directions) uses the EXACT
+inner products <eps_i, eps_j> summed over the perturbed parameters, from corp_kernels.noise_gram,
+instead of assuming distinct seeds are orthogonal.
+
+Stage 1 (two-pass merge): for each elite quantile q and temperature beta, pass-1 weights
+softmax(beta r) over the elite give a provisional mean m; alignment a_i = cos(delta_i, m) and
+dispersion d_i = |delta_i|^2 - <delta_i, m/|m|>^2; pass-2 weights softmax(beta r + z(a) - z(d))
+give Delta. The step alpha and (q, beta) are chosen by mean reward on the probe split. Unlike the
+released code, Stage 1 is committed only if it passes the gate (below) on the gate split.
+
+Stage 2 (gated local search around the current model): proposals
+    delta = sigma * (sqrt(lam) * eps(new seed) + sqrt(1 - lam) * sqrt(D) * sum_k sqrt(l_k / sum l) z_k u_k)
+with u_k unit-norm principal directions of the previous weighted cloud (eigenvalues l_k), D the
+number of perturbed weights and z_k ~ N(0, 1): both parts have expected energy sigma^2 D times
+their share (the released code scales the low-rank part by sigma twice, which makes the sampler
+effectively isotropic). Members are scored on the selection half of the train split by
+(fixes - 2 * regressions) / n against the current model, merged with the two-pass rule, and the
+merge passes the gate if on the gate half that score is > 0 AND the paired lower confidence bound
+(mean - z * SE of per-example reward differences) is > 0. A line search over the step on the probe
+split follows; the step is accepted only if the probe's paired LCB is > 0 and probe accuracy does
+not drop. A rejection halves sigma; lam grows (more isotropic) when few members help.
+
+If nothing passes, the base model is returned and the result says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+import corp_kernels as ck
+
+from .perturb import Member, Perturber, parameter_key
+from .population import Record, check_rewards
+
+log = logging.getLogger("corp")
+
+
+@dataclass
+class CorpConfig:
+    # Stage 1 grids (the released grids are q {.5,.7,.9}, beta {.5,1,2,5,10,20,50},
+    # alpha {.5,1,2,4,8,16}; these defaults are a cheaper subset, every value a parameter).
+    quantiles: tuple[float, ...] = (0.5, 0.7, 0.9)
+    betas: tuple[float, ...] = (1.0, 5.0, 20.0)
+    alphas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    gate_z: float = 1.0  # LCB = mean - gate_z * SE
+    # Stage 2
+    stage2_rounds: int = 3
+    stage2_max_accept: int = 2
+    stage2_max_reject: int = 2
+    stage2_members: int = 32  # local members per round (the paper: 100)
+    stage2_rank: int = 8
+    stage2_lambda: float = 0.5  # isotropic share of the proposal energy, adapted per round
+    stage2_sigma: float | None = None  # default: the population's median sigma
+    stage2_alphas: tuple[float, ...] = (0.5, 1.0, 2.0)
+    regression_weight: float = 2.0
+    seed: int = 0  # splits of the train set and Stage-2 seeds
+
+
+@dataclass
+class Decision:
+    stage: str
+    accepted: bool
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class ConsolidationResult:
+    update: Member | None  # the committed update over seeds; None = the base model
+    decisions: list[Decision]
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"update": None if self.update is None else
+                {"seeds": [str(s) for s in self.update.seeds], "coeffs": list(self.update.coeffs)},
+                "reason": self.reason, "decisions": [asdict(d) for d in self.decisions]}
+
+
+# --- geometry over seeds -------------------------------------------------------------------------
+
+
+def seed_gram(perturber: Perturber, seeds: Sequence[int], per_parameter: bool = False):
+    """sum over perturbed parameters of <eps_i, eps_j> (float64 numpy), and per parameter."""
+    total, parts = None, {}
+    for name, p in perturber.params:
+        g = ck.noise_gram(tuple(p.shape), [parameter_key(s, name) for s in seeds]).numpy()
+        parts[name] = g
+        total = g if total is None else total + g
+    return (total, parts) if per_parameter else total
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    sd = x.std()
+    return np.zeros_like(x) if sd == 0 or not np.isfinite(sd) else (x - x.mean()) / sd
+
+
+def two_pass_weights(rewards: np.ndarray, gram: np.ndarray, q: float, beta: float):
+    """(elite indices, pass-2 weights, diagnostics) for members with Gram `gram` (members x
+    members, exact inner products of their perturbations)."""
+    elite = np.flatnonzero(rewards >= np.quantile(rewards, q))
+    r, g = rewards[elite], gram[np.ix_(elite, elite)]
+    w1 = softmax(beta * r)
+    dot_m = g @ w1  # <delta_i, m>
+    m_sq = float(w1 @ g @ w1)
+    sq = np.clip(np.diag(g), 1e-300, None)
+    align = dot_m / np.sqrt(sq * max(m_sq, 1e-300))
+    disp = sq - dot_m ** 2 / max(m_sq, 1e-300)
+    w2 = softmax(beta * r + zscore(align) - zscore(disp))
+    return elite, w2, {"alignment": align.tolist(), "dispersion_rel": (disp / sq).tolist()}
+
+
+def paired_stats(new: np.ndarray, old: np.ndarray, z: float) -> dict:
+    diff = np.asarray(new, float) - np.asarray(old, float)
+    n = len(diff)
+    se = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    mean = float(diff.mean())
+    return {"mean_diff": mean, "se": se, "lcb": mean - z * se, "n": n}
+
+
+def fix_regression_score(new_correct, old_correct, regression_weight: float) -> float:
+    new_c, old_c = np.asarray(new_correct, bool), np.asarray(old_correct, bool)
+    fixes = np.sum(new_c & ~old_c)
+    regressions = np.sum(~new_c & old_c)
+    return float((fixes - regression_weight * regressions) / len(new_c))
+
+
+def combine(seeds: Sequence[int], rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Coefficients over `seeds` of sum_i weights[i] * member_i, member_i = rows[i] @ eps."""
+    return weights @ rows
+
+
+def as_member(seeds: Sequence[int], coeffs: np.ndarray, scale: float = 1.0) -> Member:
+    keep = np.flatnonzero(coeffs != 0)
+    return Member(tuple(int(seeds[i]) for i in keep), tuple(float(scale * coeffs[i]) for i in keep))
+
+
+def add_members(a: Member | None, b: Member) -> Member:
+    acc: dict[int, float] = {}
+    for m in ([a] if a is not None else []) + [b]:
+        for s, c in zip(m.seeds, m.coeffs):
+            acc[s] = acc.get(s, 0.0) + c
+    return Member(tuple(acc), tuple(acc.values()))
+
+
+# --- the two stages -------------------------------------------------------------------------------
+
+
+class Consolidator:
+    def __init__(self, perturber: Perturber, evaluator, splits: dict, config: CorpConfig,
+                 progress: bool = True):
+        self.perturber, self.evaluator, self.config = perturber, evaluator, config
+        self.progress = progress
+        train = list(splits["train"])
+        order = list(range(len(train)))
+        random.Random(f"corp-stage2-split-{config.seed}").shuffle(order)
+        half = len(order) // 2
+        self.selection = [train[i] for i in sorted(order[:half])]
+        self.gate_half = [train[i] for i in sorted(order[half:])]
+        val = list(splits["val"])
+        self.probe = val[:len(val) // 2]  # Stage-1 selection and Stage-2 line search
+        self.gate = val[len(val) // 2:]  # Stage-1 gate
+        if min(len(self.probe), len(self.gate), len(self.selection), len(self.gate_half)) < 2:
+            raise ValueError("CoRP needs at least 4 train and 4 validation examples (train is "
+                             "split into selection/gate halves, validation into probe/gate)")
+        self.decisions: list[Decision] = []
+
+    def score(self, examples, member: Member | None = None):
+        if member is None:
+            return self.evaluator(self.perturber.model, examples)
+        with self.perturber.inplace(member):
+            return self.evaluator(self.perturber.model, examples)
+
+    def commit(self, update: Member | None, delta: Member) -> Member:
+        self.perturber.restore_()
+        self.perturber.add_(delta)
+        self.perturber.rebase()
+        return add_members(update, delta)
+
+    # Stage 1 ---------------------------------------------------------------------------------
+
+    def stage1(self, records: Sequence[Record]):
+        cfg = self.config
+        seeds = [r.seed for r in records]
+        rewards = np.array([r.reward for r in records])
+        sig = np.array([r.sigma for r in records])
+        gram = seed_gram(self.perturber, seeds) * np.outer(sig, sig)  # member perturbations
+        base_probe = self.score(self.probe)
+        candidates = []
+        seen = set()
+        for q in cfg.quantiles:
+            for beta in cfg.betas:
+                elite, w2, diag = two_pass_weights(rewards, gram, q, beta)
+                coeffs = np.zeros(len(seeds))
+                coeffs[elite] = w2 * sig[elite]
+                key = (tuple(elite), tuple(np.round(w2, 12)))
+                if key in seen:
+                    continue
+                seen.add(key)
+                for alpha in cfg.alphas:
+                    member = as_member(seeds, coeffs, alpha)
+                    s = self.score(self.probe, member)
+                    candidates.append((s.reward, -alpha, q, beta, alpha, member, len(elite), s))
+        best = max(candidates, key=lambda c: (c[0], c[1]))
+        reward, _, q, beta, alpha, member, n_elite, s = best
+        detail = {"q": q, "beta": beta, "alpha": alpha, "elite": n_elite,
+                  "probe_reward": reward, "probe_reward_base": base_probe.reward,
+                  "candidates": len(candidates)}
+        if reward <= base_probe.reward:
+            self.decisions.append(Decision("stage1", False, {**detail, "why": "no candidate beats "
+                                                             "the base model on the probe split"}))
+            return None, (q, beta)
+        base_gate, cand_gate = self.score(self.gate), self.score(self.gate, member)
+        stats = paired_stats(cand_gate.rewards, base_gate.rewards, cfg.gate_z)
+        passed = stats["mean_diff"] > 0 and stats["lcb"] > 0
+        detail.update(gate=stats, gate_reward=cand_gate.reward, gate_reward_base=base_gate.reward)
+        if not passed:
+            detail["why"] = "gate: paired lower confidence bound on the gate split is not > 0"
+        self.decisions.append(Decision("stage1", passed, detail))
+        log.info("stage 1: q=%s beta=%s alpha=%s probe %.4f (base %.4f), gate LCB %.4f -> %s", q,
+                 beta, alpha, reward, base_probe.reward, stats["lcb"],
+                 "commit" if passed else "reject")
+        return (member if passed else None), (q, beta)
+
+    # Stage 2 ---------------------------------------------------------------------------------
+
+    def principal_directions(self, seeds, rows, weights, rank):
+        """Unit-norm (under the exact Gram) principal directions of the weighted cloud of members
+        rows @ eps, as coefficient rows over `seeds`, and their eigenvalues."""
+        gram = seed_gram(self.perturber, seeds)
+        mean = weights @ rows
+        centered = rows - mean
+        sw = np.sqrt(weights)[:, None]
+        m = (sw * centered) @ gram @ (sw * centered).T
+        lam, vec = np.linalg.eigh(m)
+        order = np.argsort(lam)[::-1][:rank]
+        lam, vec = lam[order], vec[:, order]
+        keep = lam > lam.max() * 1e-9 if len(lam) and lam.max() > 0 else np.zeros(0, bool)
+        lam, vec = lam[keep], vec[:, keep]
+        directions = (vec.T @ (sw * centered)) / np.sqrt(lam)[:, None]
+        return directions, lam
+
+    def stage2(self, update: Member | None, cloud, q: float, beta: float, sigma: float):
+        cfg = self.config
+        lam_mix = cfg.stage2_lambda
+        accepted = rejected = 0
+        numel = self.perturber.numel
+        for rnd in range(cfg.stage2_rounds):
+            if accepted >= cfg.stage2_max_accept or rejected >= cfg.stage2_max_reject:
+                break
+            cloud_seeds, cloud_rows, cloud_w = cloud
+            dirs, lam = self.principal_directions(cloud_seeds, cloud_rows, cloud_w, cfg.stage2_rank)
+            rng = np.random.default_rng([cfg.seed, rnd, 0x5EC0])
+            new_seeds = [int(s) for s in rng.integers(0, 2**63 - 1, cfg.stage2_members,
+                                                      dtype=np.int64)]
+            seeds = list(cloud_seeds) + new_seeds
+            rows = np.zeros((len(new_seeds), len(seeds)))
+            share = np.sqrt(lam / lam.sum()) if len(lam) else np.zeros(0)
+            for i in range(len(new_seeds)):
+                rows[i, len(cloud_seeds) + i] = sigma * np.sqrt(lam_mix)
+                if len(lam):
+                    z = rng.standard_normal(len(lam))
+                    rows[i, :len(cloud_seeds)] = sigma * np.sqrt((1 - lam_mix) * numel) * \
+                        ((share * z) @ dirs)
+            cur_sel = self.score(self.selection)
+            scores = np.array([fix_regression_score(
+                self.score(self.selection, as_member(seeds, row)).correct, cur_sel.correct,
+                cfg.regression_weight) for row in rows])
+            gram = seed_gram(self.perturber, seeds)
+            member_gram = rows @ gram @ rows.T
+            elite, w2, _ = two_pass_weights(scores, member_gram, q, beta)
+            merged_coeffs = combine(seeds, rows[elite], w2)
+            delta = as_member(seeds, merged_coeffs)
+            cur_gate, cand_gate = self.score(self.gate_half), self.score(self.gate_half, delta)
+            gate_score = fix_regression_score(cand_gate.correct, cur_gate.correct,
+                                              cfg.regression_weight)
+            stats = paired_stats(cand_gate.rewards, cur_gate.rewards, cfg.gate_z)
+            detail = {"round": rnd, "sigma": sigma, "lambda": lam_mix,
+                      "members_helping": float(np.mean(scores > 0)), "gate_score": gate_score,
+                      "gate": stats}
+            ok = gate_score > 0 and stats["lcb"] > 0
+            if ok:
+                cur_probe = self.score(self.probe)
+                best = None
+                for alpha in cfg.stage2_alphas:
+                    s = self.score(self.probe, as_member(seeds, merged_coeffs, alpha))
+                    if best is None or s.reward > best[1].reward:
+                        best = (alpha, s)
+                alpha, s = best
+                probe = paired_stats(s.rewards, cur_probe.rewards, cfg.gate_z)
+                ok = probe["lcb"] > 0 and s.accuracy >= cur_probe.accuracy
+                detail.update(alpha=alpha, probe=probe, probe_accuracy=s.accuracy,
+                              probe_accuracy_before=cur_probe.accuracy)
+                if not ok:
+                    detail["why"] = "line search: probe LCB not > 0 or probe accuracy dropped"
+            else:
+                detail["why"] = "gate: fix/regression score or paired LCB on the gate half not > 0"
+            self.decisions.append(Decision("stage2", ok, detail))
+            log.info("stage 2 round %d: sigma %.2g, lambda %.2f, %.0f%% members help, gate %.4f "
+                     "(LCB %.4f) -> %s", rnd, sigma, lam_mix, 100 * detail["members_helping"],
+                     gate_score, stats["lcb"], "accept" if ok else "reject")
+            if ok:
+                update = self.commit(update, as_member(seeds, merged_coeffs, alpha))
+                accepted += 1
+                cloud = (seeds, rows[elite], w2)
+            else:
+                rejected += 1
+                sigma /= 2
+            # fewer good members -> a more isotropic proposal
+            helping = detail["members_helping"]
+            lam_mix = min(0.9, lam_mix + 0.2) if helping < 0.25 else max(0.1, lam_mix - 0.1)
+        return update
+
+    def run(self, records: Sequence[Record]) -> ConsolidationResult:
+        check_rewards(records)
+        rewards = np.array([r.reward for r in records])
+        if np.all(rewards == rewards[0]):
+            return ConsolidationResult(None, [], "all members have the same train reward: there "
+                                       "is no reward signal to consolidate; returning the base "
+                                       "model")
+        update, (q, beta) = self.stage1(records)
+        if update is not None:
+            self.commit(None, update)
+        sig = np.array([r.sigma for r in records])
+        elite, w2, _ = two_pass_weights(rewards, seed_gram(self.perturber, [r.seed for r in records])
+                                        * np.outer(sig, sig), q, beta)
+        seeds = [records[i].seed for i in elite]
+        rows = np.diag(sig[elite])
+        sigma = self.config.stage2_sigma or float(np.median(sig))
+        if self.config.stage2_rounds > 0:
+            update = self.stage2(update, (seeds, rows, w2), q, beta, sigma)
+        self.perturber.restore_()
+        if update is None:
+            reason = "no update passed its gate (details in decisions); returning the base model"
+        else:
+            reason = f"committed {sum(d.accepted for d in self.decisions)} gated update(s)"
+        return ConsolidationResult(update, self.decisions, reason)
+
+
+def consolidate(perturber: Perturber, evaluator, splits: dict, records: Sequence[Record],
+                config: CorpConfig | None = None) -> ConsolidationResult:
+    """Run CoRP; the model is left as it was (the result holds the update as seeds)."""
+    if perturber._backup is not None:
+        perturber.restore_()
+    perturber.rebase()
+    perturber._take_backup()
+    base = perturber._backup
+    try:
+        return Consolidator(perturber, evaluator, splits, config or CorpConfig()).run(records)
+    finally:
+        perturber._backup = base
+        perturber.restore_()

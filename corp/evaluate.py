@@ -1,0 +1,89 @@
+"""Scoring a model (as it is, or with members applied) on a list of examples.
+
+An evaluator maps (model, examples) to `Scores`: per-example reward, correctness and parsed answer.
+`TextEvaluator` generates greedily (batched, left-padded) and asks the task for the reward; any
+object with the same `__call__` works (tests use a weight-space task).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .models import CharCodec, HFCodec
+from .tasks import Example
+
+
+@dataclass
+class Scores:
+    rewards: np.ndarray  # float, one per example
+    correct: np.ndarray  # bool, reward == 1
+    answers: list  # parsed answers (None when unparseable), for voting
+
+    @property
+    def reward(self) -> float:
+        return float(self.rewards.mean()) if len(self.rewards) else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean()) if len(self.correct) else float("nan")
+
+
+class TextEvaluator:
+    """Greedy generation + the task's parser and reward. `forward_calls` is the number of forward
+    passes one evaluation makes per batch (prefill + decode steps), used to pick a perturbation
+    mode."""
+
+    def __init__(self, task, codec: CharCodec | HFCodec, batch_size: int = 64,
+                 max_new_tokens: int | None = None):
+        self.task, self.codec, self.batch_size = task, codec, batch_size
+        self.max_new_tokens = max_new_tokens or task.max_new_tokens
+
+    @property
+    def forward_calls(self) -> int:
+        return self.max_new_tokens
+
+    @torch.no_grad()
+    def generate(self, model, prompts: list[str], copies: int = 1) -> list[list[str]]:
+        """Completions of every prompt, for each of `copies` stacked copies of the batch (the
+        population mode runs member p on copy p)."""
+        encoded = [self.codec.encode_prompt(p) for p in prompts]
+        device = next(model.parameters()).device
+        out: list[list[str]] = [[] for _ in range(copies)]
+        for start in range(0, len(encoded), self.batch_size):
+            chunk = encoded[start:start + self.batch_size]
+            width = max(len(ids) for ids in chunk)
+            ids = torch.full((len(chunk), width), self.codec.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, seq in enumerate(chunk):  # left padding: generation continues every row
+                ids[row, width - len(seq):] = torch.tensor(seq)
+                mask[row, width - len(seq):] = 1
+            ids, mask = ids.repeat(copies, 1).to(device), mask.repeat(copies, 1).to(device)
+            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                 max_new_tokens=self.max_new_tokens, pad_token_id=self.codec.pad_id,
+                                 eos_token_id=self.codec.eos_id, top_p=None, top_k=None,
+                                 temperature=None)
+            new = gen[:, width:].cpu()
+            for row in range(new.shape[0]):
+                out[row // len(chunk)].append(self.codec.decode(new[row].tolist()))
+        return out
+
+    def score_completions(self, completions: list[str], examples: list[Example]) -> Scores:
+        answers = [self.task.parse(c) for c in completions]
+        rewards = np.array([self.task.score(a, e) for a, e in zip(answers, examples)], dtype=float)
+        return Scores(rewards, rewards >= 1.0, answers)
+
+    def __call__(self, model, examples: list[Example]) -> Scores:
+        completions = self.generate(model, [e.prompt for e in examples])[0]
+        return self.score_completions(completions, examples)
+
+    def population(self, model, examples: list[Example], copies: int) -> list[Scores]:
+        completions = self.generate(model, [e.prompt for e in examples], copies)
+        return [self.score_completions(c, examples) for c in completions]
+
+    def score_answers(self, answers: list, examples: list[Example]) -> Scores:
+        """Scores of given parsed answers (a majority vote's)."""
+        rewards = np.array([self.task.score(a, e) for a, e in zip(answers, examples)], dtype=float)
+        return Scores(rewards, rewards >= 1.0, list(answers))

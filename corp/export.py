@@ -1,0 +1,96 @@
+"""Writing the consolidated update: low-rank factors per layer, a PEFT LoRA adapter, merged
+Hugging Face checkpoints.
+
+Each 2-D parameter's update Delta = sum_j c_j eps(key(seed_j, name)) is factored by the streaming
+randomized SVD (corp_kernels.randomized_svd_noise; Delta is materialized only when it fits
+`memory_budget_bytes`). The rank is the smallest r <= max_rank whose singular values capture
+`energy_fraction` of |Delta|^2, the exact energy coming from noise_gram. A merged update of
+near-orthogonal noises has a flat spectrum, so this rank is often high and the captured energy is
+reported per layer; the reward cost of truncation is measured by evaluating both models.
+
+LoRA convention: W' = W + B @ A with lora_B = U sqrt(S) [out, r], lora_A = sqrt(S) V^T [r, in],
+lora_alpha = r per module (PEFT's scaling alpha / r = 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import corp_kernels as ck
+
+from .perturb import Member, Perturber, parameter_key
+
+
+@dataclass
+class LayerFactors:
+    name: str  # parameter name, e.g. model.layers.0.mlp.up_proj.weight
+    lora_b: torch.Tensor  # [out, r]
+    lora_a: torch.Tensor  # [r, in]
+    energy_captured: float  # fraction of |Delta|^2 in the kept rank
+
+
+def low_rank_factors(perturber: Perturber, update: Member, max_rank: int = 64,
+                     energy_fraction: float = 0.9, power_iters: int = 2,
+                     memory_budget_bytes: int | None = 256 << 20) -> list[LayerFactors]:
+    if not 0 < energy_fraction <= 1:
+        raise ValueError(f"energy_fraction must be in (0, 1], got {energy_fraction}")
+    out = []
+    for name, p in perturber.params:
+        if p.dim() != 2:
+            continue  # 1-D parameters have no low-rank form; the merged checkpoint has them
+        keys = [parameter_key(s, name) for s in update.seeds]
+        total = float(ck.noise_gram(tuple(p.shape), keys, update.coeffs).sum())
+        rank = min(max_rank, *p.shape)
+        u, s, v = ck.randomized_svd_noise(tuple(p.shape), keys, list(update.coeffs), rank,
+                                          power_iters=power_iters,
+                                          memory_budget_bytes=memory_budget_bytes)
+        cum = np.cumsum(s.double().square().numpy()) / max(total, 1e-300)
+        r = int(np.searchsorted(cum, energy_fraction - 1e-12) + 1) if total > 0 else 1
+        r = min(r, rank)
+        root = s[:r].sqrt()
+        out.append(LayerFactors(name, (u[:, :r] * root).contiguous(),
+                                (root[:, None] * v[:, :r].T).contiguous(), float(cum[r - 1])))
+    return out
+
+
+@torch.no_grad()
+def apply_factors_(model: torch.nn.Module, factors: list[LayerFactors]) -> None:
+    params = dict(model.named_parameters())
+    for f in factors:
+        p = params[f.name]
+        p.copy_((p.float() + f.lora_b.float() @ f.lora_a.float()).to(p.dtype))
+
+
+def module_name(param_name: str) -> str:
+    return param_name.rsplit(".", 1)[0]
+
+
+def write_adapter(directory: str, factors: list[LayerFactors], base_model: str) -> str:
+    """A PEFT LoRA adapter (adapter_model.safetensors + adapter_config.json)."""
+    from safetensors.torch import save_file
+    if not factors:
+        raise ValueError("no 2-D parameter has an update: nothing to write as a LoRA adapter")
+    os.makedirs(directory, exist_ok=True)
+    tensors, ranks = {}, {}
+    for f in factors:
+        mod = module_name(f.name)
+        tensors[f"base_model.model.{mod}.lora_A.weight"] = f.lora_a.float().contiguous()
+        tensors[f"base_model.model.{mod}.lora_B.weight"] = f.lora_b.float().contiguous()
+        ranks[mod] = int(f.lora_a.shape[0])
+    save_file(tensors, os.path.join(directory, "adapter_model.safetensors"))
+    r = max(ranks.values())
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+        "r": r, "lora_alpha": r, "rank_pattern": ranks, "alpha_pattern": dict(ranks),
+        "target_modules": sorted(ranks), "lora_dropout": 0.0, "bias": "none",
+        "fan_in_fan_out": False, "use_rslora": False, "init_lora_weights": True,
+        "inference_mode": True, "modules_to_save": None,
+    }
+    with open(os.path.join(directory, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    return directory

@@ -1,0 +1,157 @@
+"""Members on tiny Llama / Qwen2 models: keys, fused == in place, population, exact restore."""
+
+import pytest
+import torch
+
+import corp_kernels as ck
+from corp.models import build_tiny_model
+from corp.perturb import (Member, PerturbationSpec, Perturber, parameter_key,
+                          state_fingerprint)
+
+ARCHS = ["llama", "qwen2"]
+
+
+def test_parameter_key_test_vector():
+    # Pinned: changing the derivation changes every population ever logged.
+    assert parameter_key(0, "model.layers.0.self_attn.q_proj.weight") == 0xEF4BFE68493EF556
+    assert parameter_key(2**64 - 1, "lm_head.weight") == 0xFC539EA74730CC67
+    assert parameter_key(12345, "a") != parameter_key(12345, "b")
+    assert parameter_key(1, "a") != parameter_key(2, "a")
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 1.0, True])
+def test_parameter_key_rejects_bad_seeds(seed):
+    with pytest.raises(ValueError, match="member seed"):
+        parameter_key(seed, "w")
+
+
+def test_same_shaped_parameters_get_independent_noise():
+    lm = build_tiny_model("llama")
+    p = Perturber(lm.model, PerturbationSpec())
+    names = [n for n, w in p.params if tuple(w.shape) == (64, 64)]
+    assert len(names) >= 2
+    a, b = (ck.gaussian_noise((64, 64), parameter_key(7, n)) for n in names[:2])
+    cos = (a * b).sum() / (a.norm() * b.norm())
+    assert abs(cos.item()) < 0.05  # ~1/64 for independent noise; identical noise would give 1
+
+
+def test_key_does_not_depend_on_the_rest_of_the_spec():
+    lm = build_tiny_model("llama")
+    name = "model.layers.1.mlp.down_proj.weight"
+    small = Perturber(lm.model, PerturbationSpec(parameters=(name,)))
+    full = Perturber(lm.model, PerturbationSpec(include_embeddings=True, include_norms=True))
+    fp = state_fingerprint(lm.model)
+    weights = []
+    for pert in (small, full):
+        with pert.inplace(Member.single(99, 0.5)):
+            weights.append(dict(lm.model.named_parameters())[name].detach().clone())
+        assert state_fingerprint(lm.model) == fp
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_default_spec_selects_decoder_linear_weights_only():
+    lm = build_tiny_model("qwen2")
+    names = [n for n, _ in PerturbationSpec().select(lm.model)]
+    assert names and all(n.startswith("model.layers.") and n.endswith("proj.weight")
+                         for n in names)
+    opt = [n for n, _ in PerturbationSpec(include_embeddings=True, include_norms=True,
+                                          include_lm_head=True).select(lm.model)]
+    assert "model.embed_tokens.weight" in opt and "lm_head.weight" in opt
+    assert "model.norm.weight" in opt
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(sigma=0.0), "sigma"), (dict(sigma=-1e-3), "sigma"), (dict(sigma=float("inf")), "sigma"),
+    (dict(parameters=("model.nope.weight",)), "unknown parameter"),
+])
+def test_spec_rejects_bad_input(bad, match):
+    lm = build_tiny_model("llama")
+    with pytest.raises(ValueError, match=match):
+        PerturbationSpec(**bad).select(lm.model)
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fused_equals_inplace_and_model_is_unchanged(arch):
+    lm = build_tiny_model(arch, seed=3)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=0.05))
+    ids = torch.randint(3, lm.codec.vocab_size, (3, 11), generator=torch.Generator().manual_seed(0))
+    base = _logits(lm.model, ids)
+    fp = state_fingerprint(lm.model)
+    for seed in (1, 2**64 - 2):
+        member = Member.single(seed, 0.05)
+        with pert.inplace(member):
+            inplace = _logits(lm.model, ids)
+        assert state_fingerprint(lm.model) == fp
+        with pert.fused(member):
+            fused = _logits(lm.model, ids)
+        assert state_fingerprint(lm.model) == fp
+        torch.testing.assert_close(fused, inplace, rtol=1e-4, atol=1e-4)
+        assert (fused - base).abs().max() > 1e-3  # the member really is different
+    assert torch.equal(_logits(lm.model, ids), base)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_population_forward_equals_each_member(arch):
+    lm = build_tiny_model(arch, seed=4)
+    pert = Perturber(lm.model, PerturbationSpec())
+    ids = torch.randint(3, lm.codec.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    members = [Member.single(s, g) for s, g in ((5, 0.02), (6, 0.05), (7, 0.01))]
+    with pert.population(members):
+        together = _logits(lm.model, ids.repeat(len(members), 1))
+    for p, member in enumerate(members):
+        with pert.inplace(member):
+            alone = _logits(lm.model, ids)
+        torch.testing.assert_close(together[2 * p:2 * p + 2], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_multi_seed_member_inplace_is_one_rounding_of_the_weighted_sum():
+    lm = build_tiny_model("llama")
+    name = "model.layers.0.self_attn.o_proj.weight"
+    pert = Perturber(lm.model, PerturbationSpec(parameters=(name,)))
+    w = dict(lm.model.named_parameters())[name]
+    before = w.detach().clone()
+    member = Member((11, 12, 13), (0.1, -0.2, 0.05))
+    with pert.inplace(member):
+        got = w.detach().clone()
+    keys = [parameter_key(s, name) for s in member.seeds]
+    expected = before + ck.weighted_noise_sum(w.shape, keys, member.coeffs, backend="torch")
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert torch.equal(w, before)
+
+
+def test_bf16_restore_is_exact_where_subtracting_noise_is_not():
+    lm = build_tiny_model("llama")
+    lm.model.to(torch.bfloat16)
+    pert = Perturber(lm.model, PerturbationSpec())
+    fp = state_fingerprint(lm.model)
+    member = Member.single(42, 1e-3)
+    with pert.inplace(member):
+        pass
+    assert state_fingerprint(lm.model) == fp
+    # What the reference does instead: add then subtract the same noise. Not exact in bf16.
+    name, w = pert.params[0]
+    original = w.detach().clone()
+    ck.add_noise_(w.data, parameter_key(42, name), 1e-3)
+    ck.add_noise_(w.data, parameter_key(42, name), -1e-3)
+    assert not torch.equal(w, original)
+    w.data.copy_(original)
+
+
+def test_fused_modes_refuse_what_they_cannot_run():
+    lm = build_tiny_model("llama")
+    pert = Perturber(lm.model, PerturbationSpec(include_norms=True))
+    with pytest.raises(ValueError, match="nn.Linear"):
+        with pert.fused(Member.single(1, 0.01)):
+            pass
+    pert = Perturber(lm.model, PerturbationSpec())
+    with pytest.raises(ValueError, match="single-seed"):
+        with pert.fused(Member((1, 2), (0.1, 0.1))):
+            pass
+    assert pert.choose_mode(1, 8, single_seed=False) == "inplace"
+    with pytest.raises(ValueError, match="coeffs"):
+        Member((1, 2), (0.1,))
