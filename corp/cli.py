@@ -21,14 +21,14 @@ import torch
 log = logging.getLogger("corp")
 
 DEFAULTS = dict(
-    model="builtin:tiny-llama-add", task="add", output_dir="runs/default", population=128,
-    population_seed=0, sigmas=None, top_k=8, mode="auto", batch_size=64, population_batch=16,
+    model="builtin:tiny-llama-add", task="add", output_dir="runs/default", population=512,
+    population_seed=0, sigmas=None, top_k=16, mode="auto", batch_size=64, population_batch=16,
     include_embeddings=False, include_norms=False, include_lm_head=False, parameters=None,
     device="cpu", dtype="float32", max_rank=32, energy_fraction=0.9, save_exact=False,
     stage2_rounds=3, stage2_members=32, seed=0, progress=True, log_level="INFO",
     builtin_steps=300, analysis_rank=4, adapter=None, checkpoint=None,
 )
-BUILTIN_SIGMAS = (0.01, 0.02, 0.04)  # the tiny built-in model's weights are ~10x a real LM's
+BUILTIN_SIGMAS = (0.002, 0.005, 0.01)  # measured on the built-in model: 41% of members >= base
 MODEL_SIGMAS = (5e-4, 1e-3, 2e-3)  # RandOpt's list for real models
 
 
@@ -38,11 +38,11 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     a("--output-dir", help=f"where logs and results go (default {DEFAULTS['output_dir']})")
     a("--model", help="a local Hugging Face model directory, or builtin:tiny-llama-add (default)")
     a("--task", help="built-in task name (add) or path to a .py file defining TASK")
-    a("--population", type=int, help="N, number of members searched (default 128)")
+    a("--population", type=int, help="N, number of members searched (default 512)")
     a("--population-seed", type=int, help="which stream of member seeds (default 0)")
     a("--sigmas", type=float, nargs="+", help="sigma list, one drawn per member by its seed "
-      "(default: 0.01 0.02 0.04 for the built-in model, 5e-4 1e-3 2e-3 otherwise)")
-    a("--top-k", type=int, help="K for the majority-vote ensemble and the CoRP elite (default 8)")
+      "(default: 0.002 0.005 0.01 for the built-in model, 5e-4 1e-3 2e-3 otherwise)")
+    a("--top-k", type=int, help="K for the majority-vote ensemble and the CoRP elite (default 16)")
     a("--mode", choices=["auto", "inplace", "fused", "population"],
       help="how members run (default auto: chosen per situation and logged)")
     a("--batch-size", type=int, help="prompts per generate call (default 64)")

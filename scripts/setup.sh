@@ -11,6 +11,9 @@ pip install -q --upgrade pip
 # multi-GB CUDA build. Everything after it only accepts the installed torch.
 pip install -q torch==2.13.0
 pip install -q "triton==3.9.0" numpy pybind11 ninja pytest pytest-benchmark tqdm setuptools wheel
+# corp/ (the algorithm on Hugging Face models); versions pinned to the ones the tests ran with.
+pip install -q "transformers==5.23.0" "peft==0.21.2" "safetensors==0.8.0" "accelerate==1.15.0" \
+  pyyaml matplotlib
 # --no-build-isolation: build against the torch above instead of a fresh one in an isolated env.
 pip install -q --no-build-isolation --no-deps -e .
 python -c "import corp_kernels as ck; [print(f'  {n:7s} {s.available!s:5s} {s.reason}') for n, s in ck.backends().items()]"

@@ -1,0 +1,56 @@
+"""`corp` end to end on the built-in tiny model, small enough for CI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from corp.cli import main
+
+SMALL = ["--population", "12", "--top-k", "3", "--builtin-steps", "60", "--stage2-rounds", "1",
+         "--stage2-members", "4", "--max-rank", "4", "--no-progress", "--log-level", "WARNING"]
+
+
+def test_corp_run_writes_every_artifact(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--output-dir", str(out), *SMALL]) == 0
+    printed = capsys.readouterr().out
+    for name in ("population.jsonl", "consolidation.json", "ensemble.json", "results.md",
+                 "results.json", "config-run.yaml", "base-model/config.json"):
+        assert (out / name).exists(), name
+    assert "| base model |" in printed and "top-3 vote" in printed and "CoRP" in printed
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["forward_passes_per_example"] for r in rows[:3]] == [1, 1, 3]
+    assert len((out / "population.jsonl").read_text().splitlines()) == 13
+    # A rerun resumes: nothing left to search, the log is unchanged.
+    before = (out / "population.jsonl").read_text()
+    assert main(["search", "--output-dir", str(out), *SMALL]) == 0
+    assert (out / "population.jsonl").read_text() == before
+    # analyze and eval on the same directory
+    assert main(["analyze", "--output-dir", str(out), *SMALL]) == 0
+    assert (out / "analysis.png").exists() and (out / "analysis.md").exists()
+    assert main(["eval", "--output-dir", str(out), *SMALL]) == 0
+    assert json.loads((out / "eval.json").read_text())["method"] == "base"
+
+
+def test_config_file_and_bad_options(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("population: 4\ntop_k: 9\n")
+    with pytest.raises(SystemExit, match="K <= N"):
+        main(["search", "--config", str(cfg), "--output-dir", str(tmp_path / "o")])
+    cfg.write_text("populaton: 4\n")
+    with pytest.raises(SystemExit, match="unknown keys"):
+        main(["search", "--config", str(cfg), "--output-dir", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="sigmas"):
+        main(["search", "--sigmas", "0", "--output-dir", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="run `corp search` first"):
+        main(["ensemble", "--output-dir", str(tmp_path / "empty"), *SMALL])
+
+
+def test_python_dash_m_corp_help():
+    env = dict(os.environ)
+    result = subprocess.run([sys.executable, "-m", "corp", "--help"], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert result.returncode == 0 and "consolidate" in result.stdout
