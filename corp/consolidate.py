@@ -49,7 +49,12 @@ class CorpConfig:
     # alpha {.5,1,2,4,8,16}; these defaults are a cheaper subset, every value a parameter).
     quantiles: tuple[float, ...] = (0.5, 0.7, 0.9)
     betas: tuple[float, ...] = (1.0, 5.0, 20.0)
-    alphas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    # "member_norm": alpha is in units of the median member's norm (|alpha * Delta| = alpha *
+    # median |delta_i|, from the exact Gram), so one grid fits any elite size; averaging K
+    # near-orthogonal noises shrinks |Delta| by ~sqrt(K), which the released raw grid
+    # ("raw": theta + alpha * Delta) compensates only for the elite sizes it was tuned on.
+    alpha_units: str = "member_norm"
     gate_z: float = 1.0  # LCB = mean - gate_z * SE
     # Stage 2
     stage2_rounds: int = 3
@@ -204,6 +209,12 @@ class Consolidator:
                 elite, w2, diag = two_pass_weights(rewards, gram, q, beta)
                 coeffs = np.zeros(len(seeds))
                 coeffs[elite] = w2 * sig[elite]
+                if cfg.alpha_units == "member_norm":
+                    g_e = gram[np.ix_(elite, elite)]
+                    coeffs *= np.median(np.sqrt(np.diag(g_e))) / np.sqrt(w2 @ g_e @ w2)
+                elif cfg.alpha_units != "raw":
+                    raise ValueError(f"alpha_units must be 'member_norm' or 'raw', got "
+                                     f"{cfg.alpha_units!r}")
                 key = (tuple(elite), tuple(np.round(w2, 12)))
                 if key in seen:
                     continue
