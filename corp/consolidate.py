@@ -91,14 +91,13 @@ class ConsolidationResult:
 # --- geometry over seeds -------------------------------------------------------------------------
 
 
-def seed_gram(perturber: Perturber, seeds: Sequence[int], per_parameter: bool = False):
-    """sum over perturbed parameters of <eps_i, eps_j> (float64 numpy), and per parameter."""
-    total, parts = None, {}
+def seed_gram(perturber: Perturber, seeds: Sequence[int]) -> np.ndarray:
+    """sum over perturbed parameters of <eps_i, eps_j> (float64 numpy)."""
+    total = None
     for name, p in perturber.params:
         g = ck.noise_gram(tuple(p.shape), [parameter_key(s, name) for s in seeds]).numpy()
-        parts[name] = g
         total = g if total is None else total + g
-    return (total, parts) if per_parameter else total
+    return total
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -195,12 +194,12 @@ class Consolidator:
 
     # Stage 1 ---------------------------------------------------------------------------------
 
-    def stage1(self, records: Sequence[Record]):
+    def stage1(self, records: Sequence[Record], gram: np.ndarray):
+        """`gram`: exact inner products of the members' perturbations sigma_i eps_i."""
         cfg = self.config
         seeds = [r.seed for r in records]
         rewards = np.array([r.reward for r in records])
         sig = np.array([r.sigma for r in records])
-        gram = seed_gram(self.perturber, seeds) * np.outer(sig, sig)  # member perturbations
         base_probe = self.score(self.probe)
         candidates = []
         seen = set()
@@ -340,12 +339,14 @@ class Consolidator:
             return ConsolidationResult(None, [], "all members have the same train reward: there "
                                        "is no reward signal to consolidate; returning the base "
                                        "model")
-        update, (q, beta) = self.stage1(records)
+        sig = np.array([r.sigma for r in records])
+        # One Gram over the whole population, shared by Stage 1 and Stage 2's first cloud: each
+        # costs N noises per perturbed weight.
+        gram = seed_gram(self.perturber, [r.seed for r in records]) * np.outer(sig, sig)
+        update, (q, beta) = self.stage1(records, gram)
         if update is not None:
             self.commit(None, update)
-        sig = np.array([r.sigma for r in records])
-        elite, w2, _ = two_pass_weights(rewards, seed_gram(self.perturber, [r.seed for r in records])
-                                        * np.outer(sig, sig), q, beta)
+        elite, w2, _ = two_pass_weights(rewards, gram, q, beta)
         seeds = [records[i].seed for i in elite]
         rows = np.diag(sig[elite])
         sigma = self.config.stage2_sigma or float(np.median(sig))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from .evaluate import Scores
 from .perturb import Perturber
-from .population import Record
+from .population import Record, iter_member_scores
 
 
 def top_k(records: Sequence[Record], k: int) -> list[Record]:
@@ -40,21 +40,8 @@ def majority_vote(answer_lists: Sequence[Sequence]) -> list:
 def member_answers(perturber: Perturber, evaluator, examples, members: Sequence[Record],
                    mode: str = "auto", population_batch: int = 16) -> list[Scores]:
     """Each member's scores on `examples` (members in the given order)."""
-    forward_calls = getattr(evaluator, "forward_calls", 1)
-    if mode == "auto":
-        mode = perturber.choose_mode(min(population_batch, len(members)), forward_calls)
-    out: list[Scores] = []
-    step = population_batch if mode == "population" else 1
-    for start in range(0, len(members), step):
-        group = [r.member for r in members[start:start + step]]
-        if mode == "population" and len(group) > 1:
-            with perturber.population(group):
-                out.extend(evaluator.population(perturber.model, examples, len(group)))
-        else:
-            for m in group:
-                with perturber.run(m, "fused" if mode == "population" else mode):
-                    out.append(evaluator(perturber.model, examples))
-    return out
+    return [scores for _, scores in iter_member_scores(
+        perturber, evaluator, examples, [r.member for r in members], mode, population_batch)]
 
 
 def vote_scores(evaluator, member_scores: Sequence[Scores], examples) -> Scores:

@@ -111,6 +111,27 @@ class PopulationLog:
         self._append(record.__dict__)
 
 
+def iter_member_scores(perturber: Perturber, evaluator, examples, members: Sequence[Member],
+                       mode: str = "auto", population_batch: int = 16):
+    """(member, Scores) for each single-seed member, in order, a group at a time: `population`
+    mode runs up to `population_batch` members in one batched forward, the others one by one."""
+    if mode == "auto":
+        mode = perturber.choose_mode(min(population_batch, max(1, len(members))),
+                                     getattr(evaluator, "forward_calls", 1))
+    batch = population_batch if mode == "population" else 1
+    for start in range(0, len(members), batch):
+        group = list(members[start:start + batch])
+        if mode == "population" and len(group) > 1:
+            with perturber.population(group):
+                all_scores = evaluator.population(perturber.model, examples, len(group))
+        else:
+            all_scores = []
+            for m in group:
+                with perturber.run(m, "fused" if mode == "population" else mode):
+                    all_scores.append(evaluator(perturber.model, examples))
+        yield from zip(group, all_scores)
+
+
 def search(perturber: Perturber, evaluator, examples, seeds: Sequence[int],
            sigmas: Sequence[float], log_path: str, header: dict, mode: str = "auto",
            population_batch: int = 16, progress: bool = True) -> list[Record]:
@@ -120,33 +141,15 @@ def search(perturber: Perturber, evaluator, examples, seeds: Sequence[int],
     if len(todo) < len(seeds):
         log.info("resuming: %d of %d members already in %s", len(seeds) - len(todo), len(seeds),
                  log_path)
-    forward_calls = getattr(evaluator, "forward_calls", 1)
-    if mode == "auto":
-        mode = perturber.choose_mode(min(population_batch, max(1, len(todo))), forward_calls)
-    batch = population_batch if mode == "population" else 1
     bar = tqdm(total=len(seeds), initial=len(seeds) - len(todo), desc="members", unit="member",
                disable=not progress)
-    for start in range(0, len(todo), batch):
-        group = todo[start:start + batch]
-        members = [Member.single(s, member_sigma(s, sigmas)) for s in group]
-        if mode == "population" and len(group) > 1:
-            with perturber.population(members):
-                all_scores = evaluator.population(perturber.model, examples, len(members))
-        else:
-            all_scores = []
-            for m in members:
-                with perturber.run(m, "fused" if mode == "population" else mode):
-                    all_scores.append(evaluator(perturber.model, examples))
-        for m, scores in zip(members, all_scores):
-            pop_log.add(Record.from_scores(m.seeds[0], m.coeffs[0], scores))
-        bar.update(len(group))
+    members = [Member.single(s, member_sigma(s, sigmas)) for s in todo]
+    for m, scores in iter_member_scores(perturber, evaluator, examples, members, mode,
+                                        population_batch):
+        pop_log.add(Record.from_scores(m.seeds[0], m.coeffs[0], scores))
+        bar.update(1)
     bar.close()
     return [pop_log.records[s] for s in seeds]
-
-
-def rewards_matrix(records: Sequence[Record]) -> np.ndarray:
-    """members x examples per-example rewards."""
-    return np.array([r.rewards for r in records], dtype=float)
 
 
 def check_rewards(records: Sequence[Record]) -> None:

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 import corp_kernels as ck
 from corp.consolidate import CorpConfig, consolidate, two_pass_weights
