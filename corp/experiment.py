@@ -1,0 +1,220 @@
+"""`corp experiment`: RandOpt vs. CoRP (vs. base and a gradient baseline) on several tasks.
+
+For each task, in `output_dir/<task>/`:
+1. Search N members on the train split (the resumable population log). The first N_corp members
+   (N_corp = N / 10 by default) are searched first and timed on their own: they are CoRP's
+   whole population, so CoRP's budget is a tenth of RandOpt's.
+2. Test rows: base model; RandOpt's best member (1 pass); RandOpt's top-K vote (K passes);
+   CoRP on the first N_corp members (1 pass); reward-weighted fine-tuning (1 pass).
+3. The split-half analysis of the full population (chosen layers + example space).
+Then one markdown table, a JSON file and two figures for all tasks go to `results_dir`.
+Accuracy and mean reward carry 95% bootstrap intervals over test examples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+log = logging.getLogger("corp")
+
+
+def _interval(values) -> list[float]:
+    from .cli import bootstrap_ci
+    return bootstrap_ci(np.asarray(values, dtype=float))
+
+
+def _row(task, method, scores, passes, evaluations, train_s, test_s, note=""):
+    return {"task": task, "method": method, "reward": scores.reward,
+            "reward_ci": _interval(scores.rewards), "accuracy": scores.accuracy,
+            "accuracy_ci": _interval(scores.correct), "forward_passes": passes,
+            "member_evaluations": evaluations, "train_seconds": train_s, "test_seconds": test_s,
+            "note": note}
+
+
+def _timed(fn, *args, **kwargs):
+    t = time.time()
+    out = fn(*args, **kwargs)
+    return out, time.time() - t
+
+
+def run_task(s) -> tuple[list[dict], list]:
+    from .analysis import split_half
+    from .consolidate import CorpConfig, consolidate
+    from .gradient import reward_weighted_finetune
+    from .population import iter_member_scores, member_seeds, search
+    from .ensemble import top_k, vote_scores
+    cfg, task = s.cfg, s.task.name
+    n, k = cfg["population"], cfg["top_k"]
+    n_corp = cfg["corp_population"] or max(4, n // 10)
+    seeds = member_seeds(n, cfg["population_seed"])
+    args = (s.perturber, s.evaluator, s.splits["train"])
+    common = dict(sigmas=cfg["sigmas"], log_path=s.path("population.jsonl"), header=s.header,
+                  mode=cfg["mode"], population_batch=cfg["population_batch"],
+                  progress=cfg["progress"])
+    corp_records, t_corp_search = _timed(search, *args, seeds[:n_corp], **common)
+    records, t_rest = _timed(search, *args, seeds, **common)
+    t_search = t_corp_search + t_rest
+    test = s.splits["test"]
+
+    base, t_base = _timed(s.evaluator, s.model, test)
+    rows = [_row(task, "base model", base, 1, 0, 0.0, t_base)]
+
+    top = top_k(records, k)
+    member_scores, member_seconds = [], []
+    t = time.time()
+    for _, scores in iter_member_scores(s.perturber, s.evaluator, test,
+                                        [r.member for r in top], cfg["mode"],
+                                        cfg["population_batch"]):
+        member_scores.append(scores)
+        member_seconds.append(time.time() - t)
+        t = time.time()
+    rows.append(_row(task, "RandOpt best member", member_scores[0], 1, n, t_search,
+                     member_seconds[0]))
+    vote = vote_scores(s.evaluator, member_scores, test)
+    rows.append(_row(task, f"RandOpt top-{k} vote", vote, k, n, t_search, sum(member_seconds)))
+
+    corp_cfg = CorpConfig(**{"seed": cfg["seed"], "stage2_rounds": cfg["stage2_rounds"],
+                             "stage2_members": cfg["stage2_members"],
+                             **(cfg["corp_config"] or {})})
+    result, t_cons = _timed(consolidate, s.perturber, s.evaluator, s.splits, corp_records,
+                            corp_cfg)
+    label = f"CoRP (N={n_corp})"
+    if result.update is not None:
+        with s.perturber.inplace(result.update):
+            corp_scores, t_corp_test = _timed(s.evaluator, s.model, test)
+        note = result.reason
+    else:
+        corp_scores, t_corp_test = base, t_base
+        label += ", gate kept the base"
+        note = result.reason
+    rows.append(_row(task, label, corp_scores, 1, n_corp, t_corp_search + t_cons, t_corp_test,
+                     note))
+    with open(s.path("consolidation.json"), "w") as f:
+        json.dump({"reason": result.reason, **result.to_json()}, f, indent=2, default=str)
+
+    (tuned, info), t_grad = _timed(reward_weighted_finetune, s.model, s.evaluator,
+                                   s.splits["train"], samples=cfg["gradient_samples"],
+                                   steps=cfg["gradient_steps"], seed=cfg["seed"])
+    grad_scores, t_grad_test = _timed(s.evaluator, tuned, test)
+    del tuned
+    rows.append(_row(task, f"reward-weighted fine-tuning ({cfg['gradient_steps']} steps)",
+                     grad_scores, 1, 0, t_grad, t_grad_test,
+                     f"{info['training_sequences']} sequences, {cfg['gradient_samples']} "
+                     f"samples/prompt"))
+
+    base_train = s.evaluator(s.model, s.splits["train"])
+    analysis = split_half(s.perturber, records, base_train.rewards, rank=cfg["analysis_rank"],
+                          seed=cfg["seed"], layers=cfg["analysis_layers"])
+    rewards = np.array([r.reward for r in records])
+    summary = {"task": task, "share_at_or_above_base": float(np.mean(rewards >= base_train.reward)),
+               "base_train_reward": base_train.reward, "best_train_reward": float(rewards.max()),
+               "n": n, "n_corp": n_corp, "k": k, "search_seconds": t_search,
+               "splits": "/".join(str(len(s.splits[x])) for x in ("train", "val", "test"))}
+    with open(s.path("experiment.json"), "w") as f:
+        json.dump({"rows": rows, "summary": summary,
+                   "analysis": [r.__dict__ | {"structured": r.structured} for r in analysis]},
+                  f, indent=2, default=str)
+    return rows, analysis, summary
+
+
+def _fmt_ci(value, ci) -> str:
+    return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| task | method | test accuracy [95% CI] | test reward [95% CI] | member evals | "
+             "train wall-clock (s) | test wall-clock (s) | forward passes / example |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['method']} | {_fmt_ci(r['accuracy'], r['accuracy_ci'])}"
+                     f" | {_fmt_ci(r['reward'], r['reward_ci'])} | {r['member_evaluations']} | "
+                     f"{r['train_seconds']:.0f} | {r['test_seconds']:.0f} | "
+                     f"{r['forward_passes']} |")
+    return "\n".join(lines)
+
+
+def figure(rows: list[dict], path: str) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = list(dict.fromkeys(r["method"].split(" (")[0] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        mine = [r for r in rows if r["task"] == task]
+        x = np.arange(len(mine))
+        for metric, offset, color in (("reward", -0.2, "tab:blue"), ("accuracy", 0.2,
+                                                                       "tab:orange")):
+            vals = np.array([r[metric] for r in mine])
+            ci = np.array([r[f"{metric}_ci"] for r in mine])
+            ax.bar(x + offset, vals, 0.4, color=color, label=f"test {metric}",
+                   yerr=[vals - ci[:, 0], ci[:, 1] - vals], capsize=3)
+        ax.set_xticks(x, [r["method"].replace(" (", "\n(") for r in mine], rotation=60,
+                      ha="right", fontsize=7)
+        ax.set_title(task)
+        ax.set_ylim(0, 1)
+    axes[0][0].legend(fontsize=8)
+    axes[0][0].set_ylabel("mean over test prompts (95% bootstrap CI)")
+    fig.suptitle(f"RandOpt vs. CoRP: {', '.join(methods[:5])}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_experiment(cfg: dict, reproduce: str) -> dict:
+    from .cli import Session
+    results_dir = cfg["results_dir"]
+    os.makedirs(results_dir, exist_ok=True)
+    name = cfg["experiment_name"]
+    all_rows, all_analysis, summaries = [], [], []
+    t0 = time.time()
+    for task in cfg["tasks"]:
+        log.info("experiment: task %s", task)
+        folder = os.path.splitext(os.path.basename(task))[0]  # a name, or a task file's stem
+        s = Session(dict(cfg, task=task, output_dir=os.path.join(cfg["output_dir"], folder)))
+        rows, analysis, summary = run_task(s)
+        all_rows += rows
+        summaries.append(summary)
+        for row in analysis:
+            row.name = f"{s.task.name}: {row.name}"
+        all_analysis += analysis
+        _write(dict(cfg, reproduce=reproduce), name, results_dir, all_rows, all_analysis, summaries, time.time() - t0)
+    return {"rows": all_rows}
+
+
+def _write(cfg, name, results_dir, rows, analysis, summaries, seconds) -> None:
+    from . import analysis as split
+    import platform
+    import torch
+    md = [f"# Experiment `{name}`", "",
+          f"Reproduce: `{cfg['reproduce']}`", "",
+          f"model: {cfg['model']}; tasks: {', '.join(s['task'] for s in summaries)}; "
+          f"N = {cfg['population']} (RandOpt), N_corp = {summaries[0]['n_corp']}, "
+          f"K = {cfg['top_k']}, sigmas = {cfg['sigmas']}; machine: {platform.machine()}, "
+          f"{torch.get_num_threads()} threads, {cfg['device']}; total wall-clock "
+          f"{seconds / 60:.1f} min.", "",
+          "Train / val / test prompts per task: "
+          + ", ".join(f"{s['task']} {s['splits']}" for s in summaries) + ".", "",
+          table(rows), "",
+          "Thicket density (share of members at or above the base model's train reward):", ""]
+    for s in summaries:
+        md.append(f"- {s['task']}: {s['share_at_or_above_base']:.2f} (base train reward "
+                  f"{s['base_train_reward']:.3f}, best member {s['best_train_reward']:.3f})")
+    md += ["", "CoRP decisions are in each task's `consolidation.json` under the output folder.",
+           "", "## Split-half analysis of the full populations", "",
+           split.table(analysis), "", f"![results]({name}.png)", "",
+           f"![split-half]({name}-split-half.png)", ""]
+    with open(os.path.join(results_dir, f"{name}.md"), "w") as f:
+        f.write("\n".join(md))
+    with open(os.path.join(results_dir, f"{name}.json"), "w") as f:
+        json.dump({"rows": rows, "summaries": summaries,
+                   "analysis": [r.__dict__ | {"structured": r.structured} for r in analysis]},
+                  f, indent=2, default=str)
+    figure(rows, os.path.join(results_dir, f"{name}.png"))
+    split.figure(analysis, os.path.join(results_dir, f"{name}-split-half.png"))
