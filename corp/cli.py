@@ -29,6 +29,8 @@ DEFAULTS = dict(
     # corp experiment
     tasks=None, corp_population=None, corp_config=None, analysis_layers=None, gradient_steps=4,
     gradient_samples=4, results_dir="benchmarks/results", experiment_name="experiment",
+    # corp consolidate --streaming
+    streaming=False, max_memory=None, update=None, merged="lowrank", stage1=[0.5, 1.0, 1.0],
 )
 BUILTIN_SIGMAS = (0.002, 0.005, 0.01)  # measured on the built-in model: 41% of members >= base
 MODEL_SIGMAS = (5e-4, 1e-3, 2e-3)  # RandOpt's list for real models
@@ -69,6 +71,18 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     a("--analysis-rank", type=int, help="r of the split-half analysis (default 4)")
     a("--adapter", help="eval: a PEFT adapter directory to evaluate on top of the model")
     a("--checkpoint", help="eval: a merged checkpoint directory to evaluate instead")
+    a("--streaming", action="store_true", default=None,
+      help="consolidate: read a safetensors --model one tensor at a time (no evaluation, no "
+      "gate); write adapter/ and merged-*/ shard by shard")
+    a("--max-memory", help="consolidate --streaming: memory budget, e.g. 2GiB (a layer's dense "
+      "update is built only when it fits a quarter of it)")
+    a("--update", help="consolidate --streaming: a consolidation.json whose gated update to "
+      "export (default: the two-pass merge of population.jsonl at --stage1 q beta alpha)")
+    a("--merged", choices=["lowrank", "exact", "none"],
+      help="consolidate --streaming: which merged checkpoint to write (default lowrank)")
+    a("--stage1", type=float, nargs=3, metavar=("Q", "BETA", "ALPHA"),
+      help="consolidate --streaming: the two-pass merge's quantile, temperature and step "
+      "(default 0.5 1 1)")
     a("--tasks", nargs="+", help="experiment: the tasks to run (default: --task)")
     a("--corp-population", type=int, help="experiment: CoRP's N (default N / 10)")
     a("--results-dir", help="experiment: where the table and figures go")
@@ -146,6 +160,12 @@ class Session:
     def population(self, search_missing: bool = True):
         from .population import PopulationLog, member_seeds, search
         seeds = member_seeds(self.cfg["population"], self.cfg["population_seed"])
+        if search_missing and self.cfg.get("_world", 1) > 1:
+            from .distributed import distributed_search
+            return distributed_search(self.perturber, self.evaluator, self.splits["train"],
+                                      seeds, self.cfg["sigmas"], self.out, self.header,
+                                      self.cfg["mode"], self.cfg["population_batch"],
+                                      self.cfg["progress"])
         if search_missing:
             return search(self.perturber, self.evaluator, self.splits["train"], seeds,
                           self.cfg["sigmas"], self.path("population.jsonl"), self.header,
@@ -178,6 +198,8 @@ def bootstrap_ci(values: np.ndarray, draws: int = 2000, seed: int = 0) -> list[f
 def cmd_search(s: Session) -> dict:
     t = time.time()
     records = s.population()
+    if s.cfg.get("_rank", 0) != 0:
+        return {}  # rank 0 writes the summary
     base = s.scores("train")
     s.write_json("base_train.json", {"reward": base.reward, "accuracy": base.accuracy,
                                      "rewards": base.rewards.tolist()})
@@ -322,6 +344,38 @@ def cons_member(cons: dict):
     return Member(tuple(int(x) for x in u["seeds"]), tuple(u["coeffs"]))
 
 
+def cmd_consolidate_streaming(cfg: dict) -> dict:
+    """Low-memory consolidation: needs the population log and a safetensors model folder only."""
+    from .perturb import Member
+    from .streaming import consolidate_streaming, parse_bytes, read_population, stage1_update
+    t = time.time()
+    header, records = read_population(os.path.join(cfg["output_dir"], "population.jsonl"))
+    names = header["parameters"]
+    model_dir = cfg["model"]
+    if cfg["update"]:
+        with open(cfg["update"]) as f:
+            u = json.load(f)["update"]
+        if u is None:
+            raise SystemExit(f"corp: {cfg['update']} has no update (its gate kept the base)")
+        update, source = Member(tuple(int(x) for x in u["seeds"]), tuple(u["coeffs"])), \
+            cfg["update"]
+    else:
+        q, beta, alpha = cfg["stage1"]
+        update = stage1_update(model_dir, records, names, q, beta, alpha)
+        source = f"two-pass merge of {len(records)} members (q={q}, beta={beta}, alpha={alpha})"
+    merged = None if cfg["merged"] == "none" else cfg["merged"]
+    out = consolidate_streaming(model_dir, update, names, cfg["output_dir"], cfg["max_rank"],
+                                None, parse_bytes(cfg["max_memory"]), True, merged,
+                                progress=cfg["progress"])
+    out.update(update=source, seconds=time.time() - t)
+    if cfg.get("_rank", 0) != 0:
+        return out
+    with open(os.path.join(cfg["output_dir"], "consolidation-streaming.json"), "w") as f:
+        json.dump(out, f, indent=2, default=str)
+    log.info("streaming consolidation: %s", out)
+    return out
+
+
 def cmd_experiment(cfg: dict, config_path: str | None) -> dict:
     from .experiment import run_experiment
     cfg = dict(cfg, tasks=cfg["tasks"] or [cfg["task"]])
@@ -352,16 +406,43 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, str(cfg["log_level"]).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     import yaml
+    from .distributed import init_from_env
+    streaming = args.command == "consolidate" and cfg["streaming"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (args.command == "search" or
+                                                           streaming):
+        raise SystemExit(f"corp: `{args.command}` does not run distributed; under torchrun use "
+                         f"`corp search` or `corp consolidate --streaming`")
+    rank, world = init_from_env(cfg["device"])
+    cfg["_rank"], cfg["_world"] = rank, world
+    if streaming:
+        os.makedirs(cfg["output_dir"], exist_ok=True)
+        cmd_consolidate_streaming(cfg)
+        if world > 1:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+        return 0
     if args.command == "experiment":  # one Session per task, each with its own output folder
         os.makedirs(cfg["output_dir"], exist_ok=True)
         with open(os.path.join(cfg["output_dir"], "config-experiment.yaml"), "w") as f:
-            yaml.safe_dump(cfg, f, sort_keys=True)
+            yaml.safe_dump({k: v for k, v in cfg.items() if not k.startswith("_")}, f,
+                           sort_keys=True)
         cmd_experiment(cfg, args.config)
         return 0
+    if world > 1 and rank != 0:  # rank 0 builds (and caches) a built-in model first
+        import torch.distributed as dist
+        dist.barrier()
     session = Session(cfg)
-    with open(session.path(f"config-{args.command}.yaml"), "w") as f:
-        yaml.safe_dump({k: v for k, v in cfg.items()}, f, sort_keys=True)
+    if world > 1 and rank == 0:
+        import torch.distributed as dist
+        dist.barrier()
+    if rank == 0:
+        with open(session.path(f"config-{args.command}.yaml"), "w") as f:
+            yaml.safe_dump({k: v for k, v in cfg.items() if not k.startswith("_")}, f,
+                           sort_keys=True)
     COMMANDS[args.command](session)
+    if world > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
     return 0
 
 

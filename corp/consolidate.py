@@ -93,11 +93,31 @@ class ConsolidationResult:
 
 def seed_gram(perturber: Perturber, seeds: Sequence[int]) -> np.ndarray:
     """sum over perturbed parameters of <eps_i, eps_j> (float64 numpy)."""
+    return named_shapes_gram([(name, tuple(p.shape)) for name, p in perturber.params], seeds)
+
+
+def named_shapes_gram(named_shapes, seeds: Sequence[int]) -> np.ndarray:
+    """The same from (name, shape) pairs alone: no weights are needed, only their shapes."""
     total = None
-    for name, p in perturber.params:
-        g = ck.noise_gram(tuple(p.shape), [parameter_key(s, name) for s in seeds]).numpy()
+    for name, shape in named_shapes:
+        g = ck.noise_gram(tuple(shape), [parameter_key(s, name) for s in seeds]).numpy()
         total = g if total is None else total + g
     return total
+
+
+def stage1_coefficients(rewards: np.ndarray, gram: np.ndarray, sigmas: np.ndarray, q: float,
+                        beta: float, alpha_units: str = "member_norm"):
+    """(elite, pass-2 weights, per-member coefficients for alpha = 1) of the two-pass merge;
+    `gram` holds the inner products of the members' perturbations sigma_i eps_i."""
+    elite, w2, diag = two_pass_weights(rewards, gram, q, beta)
+    coeffs = np.zeros(len(rewards))
+    coeffs[elite] = w2 * sigmas[elite]
+    if alpha_units == "member_norm":
+        g_e = gram[np.ix_(elite, elite)]
+        coeffs *= np.median(np.sqrt(np.diag(g_e))) / np.sqrt(w2 @ g_e @ w2)
+    elif alpha_units != "raw":
+        raise ValueError(f"alpha_units must be 'member_norm' or 'raw', got {alpha_units!r}")
+    return elite, w2, coeffs
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -205,15 +225,8 @@ class Consolidator:
         seen = set()
         for q in cfg.quantiles:
             for beta in cfg.betas:
-                elite, w2, diag = two_pass_weights(rewards, gram, q, beta)
-                coeffs = np.zeros(len(seeds))
-                coeffs[elite] = w2 * sig[elite]
-                if cfg.alpha_units == "member_norm":
-                    g_e = gram[np.ix_(elite, elite)]
-                    coeffs *= np.median(np.sqrt(np.diag(g_e))) / np.sqrt(w2 @ g_e @ w2)
-                elif cfg.alpha_units != "raw":
-                    raise ValueError(f"alpha_units must be 'member_norm' or 'raw', got "
-                                     f"{cfg.alpha_units!r}")
+                elite, w2, coeffs = stage1_coefficients(rewards, gram, sig, q, beta,
+                                                        cfg.alpha_units)
                 key = (tuple(elite), tuple(np.round(w2, 12)))
                 if key in seen:
                     continue

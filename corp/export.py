@@ -37,25 +37,30 @@ class LayerFactors:
 def low_rank_factors(perturber: Perturber, update: Member, max_rank: int = 64,
                      energy_fraction: float = 0.9, power_iters: int = 2,
                      memory_budget_bytes: int | None = 256 << 20) -> list[LayerFactors]:
+    # 1-D parameters have no low-rank form; the merged checkpoint has them
+    return [layer_factors(name, tuple(p.shape), update, max_rank, energy_fraction, power_iters,
+                          memory_budget_bytes)
+            for name, p in perturber.params if p.dim() == 2]
+
+
+def layer_factors(name: str, shape: tuple[int, int], update: Member, max_rank: int = 64,
+                  energy_fraction: float = 0.9, power_iters: int = 2,
+                  memory_budget_bytes: int | None = 256 << 20) -> LayerFactors:
+    """One parameter's factors, from its name and shape only (the weights are not needed)."""
     if not 0 < energy_fraction <= 1:
         raise ValueError(f"energy_fraction must be in (0, 1], got {energy_fraction}")
-    out = []
-    for name, p in perturber.params:
-        if p.dim() != 2:
-            continue  # 1-D parameters have no low-rank form; the merged checkpoint has them
-        keys = [parameter_key(s, name) for s in update.seeds]
-        total = float(ck.noise_gram(tuple(p.shape), keys, update.coeffs).sum())
-        rank = min(max_rank, *p.shape)
-        u, s, v = ck.randomized_svd_noise(tuple(p.shape), keys, list(update.coeffs), rank,
-                                          power_iters=power_iters,
-                                          memory_budget_bytes=memory_budget_bytes)
-        cum = np.cumsum(s.double().square().numpy()) / max(total, 1e-300)
-        r = int(np.searchsorted(cum, energy_fraction - 1e-12) + 1) if total > 0 else 1
-        r = min(r, rank)
-        root = s[:r].sqrt()
-        out.append(LayerFactors(name, (u[:, :r] * root).contiguous(),
-                                (root[:, None] * v[:, :r].T).contiguous(), float(cum[r - 1])))
-    return out
+    keys = [parameter_key(s, name) for s in update.seeds]
+    total = float(ck.noise_gram(shape, keys, update.coeffs).sum())
+    rank = min(max_rank, *shape)
+    u, s, v = ck.randomized_svd_noise(shape, keys, list(update.coeffs), rank,
+                                      power_iters=power_iters,
+                                      memory_budget_bytes=memory_budget_bytes)
+    cum = np.cumsum(s.double().square().numpy()) / max(total, 1e-300)
+    r = int(np.searchsorted(cum, energy_fraction - 1e-12) + 1) if total > 0 else 1
+    r = min(r, rank)
+    root = s[:r].sqrt()
+    return LayerFactors(name, (u[:, :r] * root).contiguous(),
+                        (root[:, None] * v[:, :r].T).contiguous(), float(cum[r - 1]))
 
 
 @torch.no_grad()

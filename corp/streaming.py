@@ -1,0 +1,298 @@
+"""Consolidation in little memory: safetensors in, LoRA adapter and merged shards out, one tensor
+at a time.
+
+A consolidated update is seeds and coefficients; its noise can be regenerated for any parameter
+from the parameter's name and shape. So building the update's low-rank factors needs no weights
+at all (shapes come from the safetensors headers), and merging needs one tensor in memory at a
+time:
+
+- reading: each tensor is copied out of a memory map of its shard, then the mapped pages are
+  released (MADV_DONTNEED), so resident memory holds one tensor, not the file;
+- factors: the streaming randomized SVD (`corp_kernels.randomized_svd_noise`) regenerates noise
+  tile by tile; a layer's dense update is materialized only when it fits a quarter of
+  `max_memory_bytes` (faster: one noise pass instead of two or more);
+- writing: the output header is computed from the input's shapes and dtypes first, then each
+  tensor's bytes are appended, so no shard is ever held whole.
+
+Layers can be split across `torch.distributed` ranks (`rank`, `world`): each rank factors its own
+share and rank 0 gathers the (small) factors and writes the files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mmap
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import corp_kernels as ck
+
+from .export import LayerFactors, layer_factors, write_adapter
+from .perturb import Member, parameter_key
+
+log = logging.getLogger("corp")
+
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+          "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+          "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+_PAGE = mmap.PAGESIZE
+
+
+@dataclass
+class TensorEntry:
+    name: str
+    file: str
+    dtype: str  # safetensors name, e.g. "BF16"
+    shape: tuple[int, ...]
+    begin: int  # absolute byte offsets in `file`
+    end: int
+
+
+def read_header(path: str) -> tuple[list[TensorEntry], dict]:
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    start = 8 + length
+    meta = header.pop("__metadata__", {}) or {}
+    entries = [TensorEntry(name, path, h["dtype"], tuple(h["shape"]),
+                           start + h["data_offsets"][0], start + h["data_offsets"][1])
+               for name, h in header.items()]
+    entries.sort(key=lambda e: e.begin)
+    return entries, meta
+
+
+def model_files(model_dir: str) -> list[str]:
+    """The safetensors shards of a Hugging Face model folder, in index order."""
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            files = list(dict.fromkeys(json.load(f)["weight_map"].values()))
+        return [os.path.join(model_dir, name) for name in files]
+    single = os.path.join(model_dir, "model.safetensors")
+    if os.path.exists(single):
+        return [single]
+    raise ValueError(f"{model_dir} has no model.safetensors or model.safetensors.index.json "
+                     f"(streaming consolidation reads safetensors checkpoints only)")
+
+
+class ShardReader:
+    """Reads tensors of one shard through a memory map, releasing the pages after each copy."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "rb")
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def read(self, entry: TensorEntry) -> torch.Tensor:
+        nbytes = entry.end - entry.begin
+        out = torch.empty(nbytes, dtype=torch.uint8)
+        if nbytes:
+            out.numpy()[:] = np.frombuffer(self._map, np.uint8, nbytes, entry.begin)
+            lo = entry.begin - entry.begin % _PAGE
+            self._map.madvise(mmap.MADV_DONTNEED, lo, entry.end - lo)
+        return out.view(DTYPES[entry.dtype]).reshape(entry.shape)
+
+    def close(self) -> None:
+        self._map.close()
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def write_streaming(path: str, entries: list[TensorEntry], produce, metadata: dict | None = None
+                    ) -> None:
+    """Write a safetensors file whose tensors have `entries`' names, dtypes and shapes, calling
+    produce(entry) -> tensor for one tensor at a time. Written to a temporary name and renamed."""
+    header, offset = {}, 0
+    for e in entries:
+        size = e.end - e.begin
+        header[e.name] = {"dtype": e.dtype, "shape": list(e.shape),
+                          "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    tmp = path + ".partial"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for e in entries:
+            t = produce(e)
+            if tuple(t.shape) != e.shape or DTYPE_NAMES[t.dtype] != e.dtype:
+                raise ValueError(f"{e.name}: produced {tuple(t.shape)} {t.dtype}, expected "
+                                 f"{e.shape} {e.dtype}")
+            f.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+    os.replace(tmp, path)
+
+
+def perturbed_entries(model_dir: str, names) -> list[TensorEntry]:
+    """The 2-D tensors among `names` (the population's perturbed parameters), in file order."""
+    wanted = set(names)
+    out = []
+    for path in model_files(model_dir):
+        out += [e for e in read_header(path)[0] if e.name in wanted and len(e.shape) == 2]
+    missing = wanted - {e.name for e in out}
+    missing_2d = sorted(n for n in missing if n.endswith(".weight"))
+    if missing_2d and not out:
+        raise ValueError(f"none of the population's parameters are in {model_dir} "
+                         f"(e.g. {missing_2d[:3]}): wrong model?")
+    return out
+
+
+def update_factors(model_dir: str, update: Member, names, max_rank: int = 16,
+                   energy_fraction: float | None = None, max_memory_bytes: int | None = None,
+                   power_iters: int = 0, rank: int = 0, world: int = 1,
+                   progress: bool = True) -> list[LayerFactors]:
+    """Low-rank factors of every perturbed 2-D parameter (this rank's share when world > 1).
+    `energy_fraction=None` keeps exactly `max_rank` (skipping the exact-energy pass)."""
+    dense_budget = (max_memory_bytes // 4) if max_memory_bytes else 256 << 20
+    entries = perturbed_entries(model_dir, names)[rank::world]
+    out = []
+    for e in tqdm(entries, desc=f"factors (rank {rank})", unit="layer", disable=not progress):
+        r = min(max_rank, *e.shape)
+        if energy_fraction is None:
+            keys = [parameter_key(s, e.name) for s in update.seeds]
+            u, s, v = ck.randomized_svd_noise(e.shape, keys, list(update.coeffs), r,
+                                              power_iters=power_iters,
+                                              memory_budget_bytes=dense_budget)
+            root = s.sqrt()
+            out.append(LayerFactors(e.name, (u * root).contiguous(),
+                                    (root[:, None] * v.T).contiguous(), float("nan")))
+        else:
+            out.append(layer_factors(e.name, e.shape, update, r, energy_fraction, power_iters,
+                                     dense_budget))
+    return out
+
+
+def gather_factors(factors: list[LayerFactors], world: int) -> list[LayerFactors]:
+    if world == 1:
+        return factors
+    import torch.distributed as dist
+    parts = [None] * world
+    dist.all_gather_object(parts, factors)
+    return [f for part in parts for f in part]
+
+
+def write_merged(model_dir: str, out_dir: str, update: Member, factors: list[LayerFactors],
+                 exact: bool = False, progress: bool = True) -> str:
+    """A merged checkpoint, shard by shard: W + B @ A (or, with `exact`, W + sum_j c_j eps_j),
+    rounded once to the stored dtype. Other files of the model folder are copied."""
+    os.makedirs(out_dir, exist_ok=True)
+    by_name = {f.name: f for f in factors}
+    files = model_files(model_dir)
+    for name in os.listdir(model_dir):
+        src = os.path.join(model_dir, name)
+        if os.path.isfile(src) and not name.endswith(".safetensors"):
+            shutil.copy2(src, os.path.join(out_dir, name))
+    bar = tqdm(total=sum(os.path.getsize(p) for p in files), unit="B", unit_scale=True,
+               desc="merged checkpoint", disable=not progress)
+
+    for path in files:
+        entries, meta = read_header(path)
+        with ShardReader(path) as reader:
+            def produce(e: TensorEntry) -> torch.Tensor:
+                w = reader.read(e)
+                if e.name in by_name:
+                    acc = w.float()
+                    if exact:  # the same arithmetic as Perturber.add_: one rounding
+                        keys = [parameter_key(s, e.name) for s in update.seeds]
+                        acc += ck.weighted_noise_sum(e.shape, keys, list(update.coeffs))
+                    else:
+                        f = by_name[e.name]
+                        acc.addmm_(f.lora_b.float(), f.lora_a.float())
+                    w = acc.to(w.dtype)
+                bar.update(e.end - e.begin)
+                return w
+            write_streaming(os.path.join(out_dir, os.path.basename(path)), entries, produce,
+                            meta)
+    bar.close()
+    return out_dir
+
+
+def consolidate_streaming(model_dir: str, update: Member, names, out_dir: str,
+                          max_rank: int = 16, energy_fraction: float | None = None,
+                          max_memory_bytes: int | None = None, adapter: bool = True,
+                          merged: str | None = "lowrank", power_iters: int = 0,
+                          progress: bool = True) -> dict:
+    """Adapter and/or merged checkpoint for `update` on the safetensors model in `model_dir`.
+    Under torchrun, layers are factored across ranks and rank 0 writes."""
+    import torch.distributed as dist
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    factors = update_factors(model_dir, update, names, max_rank, energy_fraction,
+                             max_memory_bytes, power_iters, rank, world, progress)
+    factors = gather_factors(factors, world)
+    out = {"layers": len(factors), "ranks": sorted({int(f.lora_a.shape[0]) for f in factors})}
+    if rank == 0:
+        if adapter:
+            out["adapter"] = write_adapter(os.path.join(out_dir, "adapter"), factors, model_dir)
+        if merged:
+            out["merged"] = write_merged(model_dir, os.path.join(out_dir, f"merged-{merged}"),
+                                         update, factors, exact=merged == "exact",
+                                         progress=progress)
+    if distributed:
+        dist.barrier()
+    return out
+
+
+def parse_bytes(text: str | int | None) -> int | None:
+    """'2GiB', '512MB', '1.5G' or a number of bytes."""
+    if text is None or isinstance(text, int):
+        return text
+    units = {"": 1, "B": 1, "K": 1 << 10, "KB": 10 ** 3, "KIB": 1 << 10, "M": 1 << 20,
+             "MB": 10 ** 6, "MIB": 1 << 20, "G": 1 << 30, "GB": 10 ** 9, "GIB": 1 << 30}
+    import re
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([KMG]?I?B?)", str(text).strip().upper())
+    if not m or m.group(2) not in units:
+        raise ValueError(f"cannot read a memory size from {text!r} (e.g. 2GiB, 512MB)")
+    return int(float(m.group(1)) * units[m.group(2)])
+
+
+def read_population(log_path: str):
+    """(header, records) of a population log, without a model (read-only)."""
+    from .population import Record
+    with open(log_path) as f:
+        lines = f.read().split("\n")[:-1]  # a truncated last line is ignored
+    if not lines:
+        raise ValueError(f"{log_path} is empty: run `corp search` first")
+    header = json.loads(lines[0])["header"]
+    records = {}
+    for line in lines[1:]:
+        r = Record(**json.loads(line))
+        records[r.seed] = r
+    return header, list(records.values())
+
+
+def stage1_update(model_dir: str, records, names, q: float = 0.5, beta: float = 1.0,
+                  alpha: float = 1.0) -> Member:
+    """CoRP's two-pass merge at a fixed (q, beta, alpha), from seeds and rewards alone: the exact
+    Gram streams over the parameters' shapes, read from the safetensors headers. No gate (that
+    needs the model evaluated): gate it with `corp eval` on the merged checkpoint."""
+    from .consolidate import as_member, named_shapes_gram, stage1_coefficients
+    from .population import check_rewards
+    check_rewards(records)
+    shapes = {}
+    for path in model_files(model_dir):
+        shapes.update({e.name: e.shape for e in read_header(path)[0]})
+    missing = [n for n in names if n not in shapes]
+    if missing:
+        raise ValueError(f"{len(missing)} perturbed parameters are not in {model_dir}, e.g. "
+                         f"{missing[:3]}")
+    seeds = [r.seed for r in records]
+    sig = np.array([r.sigma for r in records])
+    gram = named_shapes_gram([(n, shapes[n]) for n in names], seeds) * np.outer(sig, sig)
+    rewards = np.array([r.reward for r in records])
+    _, _, coeffs = stage1_coefficients(rewards, gram, sig, q, beta)
+    return as_member(seeds, coeffs, alpha)

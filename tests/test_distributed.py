@@ -1,0 +1,124 @@
+"""Distributed population search under torchrun (gloo, 2 ranks on this CPU): the same rewards as
+one process, and a rank killed with SIGKILL loses nothing after a restart."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from corp.builtin import pretrain_tiny
+from corp.models import save_model
+from corp.tasks import AdditionTask
+
+TASK_FILE = "from corp.tasks import AdditionTask\nTASK = AdditionTask(n_train=48, n_val=8, " \
+            "n_test=8)\n"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    save_model(pretrain_tiny(AdditionTask(), steps=200), str(root / "model"))
+    (root / "task.py").write_text(TASK_FILE)
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _args(root, out, n, mode):
+    return ["-m", "corp", "search", "--model", str(root / "model"), "--task",
+            str(root / "task.py"), "--population", str(n), "--sigmas", "0.002", "0.005", "0.01",
+            "--mode", mode, "--output-dir", str(out), "--no-progress", "--log-level", "WARNING"]
+
+
+def _env(threads=1):
+    return dict(os.environ, OMP_NUM_THREADS=str(threads))
+
+
+def single(root, out, n, mode):
+    subprocess.run([sys.executable, *_args(root, out, n, mode)], env=_env(), check=True,
+                   timeout=300, capture_output=True)
+
+
+def torchrun(root, out, n, mode, wait=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+           *_args(root, out, n, mode)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if wait:
+        out_text = proc.communicate(timeout=300)[0].decode(errors="replace")
+        assert proc.returncode == 0, out_text[-3000:]
+    return proc
+
+
+def rewards(path):
+    lines = open(path).read().splitlines()
+    return [(r["seed"], r["rewards"]) for r in map(json.loads, lines[1:])]
+
+
+@pytest.mark.parametrize("mode", ["population", "inplace"])
+def test_two_ranks_give_the_single_process_population(setup, tmp_path, mode):
+    single(setup, tmp_path / "single", 40, mode)
+    torchrun(setup, tmp_path / "dist", 40, mode)
+    one = rewards(tmp_path / "single" / "population.jsonl")
+    two = rewards(tmp_path / "dist" / "population.jsonl")
+    assert one == two and len(one) == 40
+    assert len({json.dumps(r) for _, r in one}) > 5  # the rewards do differ between members
+    assert (tmp_path / "single" / "population.jsonl").read_bytes() == \
+        (tmp_path / "dist" / "population.jsonl").read_bytes()
+    by_rank = [rewards(tmp_path / "dist" / f"population.rank{r}.jsonl") for r in (0, 1)]
+    assert sorted(s for part in by_rank for s, _ in part) == sorted(s for s, _ in one)
+
+
+def _worker_pid(parent: int, rank: int) -> int | None:
+    """The torchrun worker process with RANK=rank under `parent`."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != parent:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+            if env.get(b"RANK") == str(rank).encode():
+                return int(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def test_sigkill_of_a_rank_then_restart_gives_the_same_population(setup, tmp_path):
+    n = 120
+    out = tmp_path / "dist"
+    proc = torchrun(setup, out, n, "inplace", wait=False)
+    rank1_log = out / "population.rank1.jsonl"
+    deadline = time.time() + 120
+    killed = None
+    while time.time() < deadline and proc.poll() is None:
+        if rank1_log.exists() and len(rank1_log.read_text().splitlines()) > 8:
+            killed = _worker_pid(proc.pid, 1)
+            if killed:
+                os.kill(killed, signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    proc.communicate(timeout=120)
+    assert killed, "rank 1 was not found running"
+    assert proc.returncode != 0  # the job failed with its rank
+    logged = sum(len(rewards(p)) for p in out.glob("population.rank*.jsonl"))
+    assert 8 <= logged < n and not (out / "population.jsonl").exists()
+
+    torchrun(setup, out, n, "inplace")  # the same command again
+    single(setup, tmp_path / "single", n, "inplace")
+    assert rewards(out / "population.jsonl") == rewards(tmp_path / "single" / "population.jsonl")
+    seeds = [s for p in out.glob("population.rank*.jsonl") for s, _ in rewards(p)]
+    assert len(seeds) == len(set(seeds)) == n  # nothing evaluated twice, nothing lost

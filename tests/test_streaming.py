@@ -1,0 +1,165 @@
+"""Low-memory consolidation: safetensors streaming equals the in-memory path, and memory stays at
+about one tensor."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from corp.cli import main as corp_main
+from corp.export import low_rank_factors
+from corp.models import build_tiny_model, save_model
+from corp.perturb import Member, PerturbationSpec, Perturber
+from corp.population import Record, member_seeds
+from corp.streaming import (TensorEntry, consolidate_streaming, parse_bytes, read_header,
+                            stage1_update, write_streaming)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    loaded = build_tiny_model("llama", seed=3, hidden=64, layers=2)
+    path = str(tmp_path_factory.mktemp("tiny") / "model")
+    save_model(loaded, path)
+    return loaded, path
+
+
+def _update(perturber, k=5):
+    seeds = member_seeds(k, 7)
+    return Member(tuple(seeds), tuple(np.linspace(-1e-2, 2e-2, k)))
+
+
+def test_streaming_writer_round_trips_every_dtype(tmp_path):
+    tensors = {"a": torch.randn(3, 5), "b": torch.randn(7).to(torch.bfloat16),
+               "c": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+               "d": torch.randn(2, 2).half()}
+    src = str(tmp_path / "in.safetensors")
+    save_file(tensors, src, metadata={"format": "pt"})
+    entries, meta = read_header(src)
+    from corp.streaming import ShardReader
+    with ShardReader(src) as reader:
+        write_streaming(str(tmp_path / "out.safetensors"), entries, reader.read, meta)
+    back = load_file(str(tmp_path / "out.safetensors"))
+    for name, t in tensors.items():
+        assert torch.equal(back[name], t) and back[name].dtype == t.dtype
+    bad = [TensorEntry("a", src, "F32", (3, 5), 0, 60)]
+    with pytest.raises(ValueError, match="expected"):
+        write_streaming(str(tmp_path / "x.safetensors"), bad, lambda e: torch.zeros(2))
+
+
+def test_exact_merge_equals_the_in_memory_merge(tiny, tmp_path):
+    loaded, path = tiny
+    perturber = Perturber(loaded.model, PerturbationSpec())
+    names = [n for n, _ in perturber.params]
+    update = _update(perturber)
+    consolidate_streaming(path, update, names, str(tmp_path), max_rank=4, adapter=True,
+                          merged="exact", progress=False)
+    merged = load_file(str(tmp_path / "merged-exact" / "model.safetensors"))
+    with perturber.inplace(update):
+        expected = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    for name, tensor in expected.items():
+        if name in merged:
+            assert torch.equal(merged[name], tensor), name
+    assert os.path.exists(tmp_path / "merged-exact" / "config.json")
+
+
+def test_lowrank_merge_and_adapter_match_the_in_memory_factors(tiny, tmp_path):
+    loaded, path = tiny
+    perturber = Perturber(loaded.model, PerturbationSpec())
+    names = [n for n, _ in perturber.params]
+    update = _update(perturber)
+    consolidate_streaming(path, update, names, str(tmp_path), max_rank=4, merged="lowrank",
+                          max_memory_bytes=1, power_iters=2, progress=False)  # sketch path
+    factors = {f.name: f for f in low_rank_factors(perturber, update, max_rank=4,
+                                                   energy_fraction=1.0, power_iters=2,
+                                                   memory_budget_bytes=None)}
+    merged = load_file(str(tmp_path / "merged-lowrank" / "model.safetensors"))
+    base = load_file(os.path.join(path, "model.safetensors"))
+    adapter = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    for name in names:
+        f = factors[name]
+        torch.testing.assert_close(merged[name], base[name] + f.lora_b @ f.lora_a, atol=1e-6,
+                                   rtol=1e-5)
+        mod = name.rsplit(".", 1)[0]
+        b = adapter[f"base_model.model.{mod}.lora_B.weight"]
+        a = adapter[f"base_model.model.{mod}.lora_A.weight"]
+        torch.testing.assert_close(b @ a, f.lora_b @ f.lora_a, atol=1e-6, rtol=1e-5)
+
+
+def test_stage1_update_needs_only_shapes_and_rewards(tiny):
+    loaded, path = tiny
+    perturber = Perturber(loaded.model, PerturbationSpec())
+    names = [n for n, _ in perturber.params]
+    seeds = member_seeds(8, 1)
+    records = [Record(s, 1e-3, float(i % 3), 0.0, [float(i % 3)], [False])
+               for i, s in enumerate(seeds)]
+    update = stage1_update(path, records, names, q=0.5, beta=1.0, alpha=2.0)
+    assert set(update.seeds) <= set(seeds) and len(update.seeds) >= 4
+    records[0].reward = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        stage1_update(path, records, names)
+    with pytest.raises(ValueError, match="not in"):
+        stage1_update(path, records[1:], ["model.layers.9.mlp.up_proj.weight"])
+
+
+def test_parse_bytes():
+    assert parse_bytes("2GiB") == 2 << 30 and parse_bytes("512MB") == 512 * 10 ** 6
+    assert parse_bytes("1.5G") == int(1.5 * (1 << 30)) and parse_bytes(None) is None
+    with pytest.raises(ValueError, match="memory size"):
+        parse_bytes("lots")
+
+
+def test_cli_streaming_consolidate(tiny, tmp_path):
+    loaded, path = tiny
+    perturber = Perturber(loaded.model, PerturbationSpec())
+    names = [n for n, _ in perturber.params]
+    out = tmp_path / "run"
+    out.mkdir()
+    seeds = member_seeds(6, 0)
+    with open(out / "population.jsonl", "w") as f:
+        f.write(json.dumps({"header": {"parameters": names}}) + "\n")
+        for i, s in enumerate(seeds):
+            f.write(json.dumps(Record(s, 1e-3, float(i), 0.0, [float(i)], [False]).__dict__)
+                    + "\n")
+    corp_main(["consolidate", "--streaming", "--model", path, "--output-dir", str(out),
+               "--max-rank", "3", "--max-memory", "64MiB", "--no-progress"])
+    info = json.loads((out / "consolidation-streaming.json").read_text())
+    assert info["layers"] == len(names) and info["ranks"] == [3]
+    assert (out / "merged-lowrank" / "model.safetensors").exists()
+    assert (out / "adapter" / "adapter_config.json").exists()
+
+
+_PEAK_SCRIPT = r"""
+import json, resource, sys, numpy as np
+import corp_kernels, torch
+from corp.perturb import Member
+from corp.streaming import consolidate_streaming
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model_dir, out, names = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+update = Member(tuple(range(1, 5)), (1e-3, -2e-3, 3e-3, 1e-3))
+consolidate_streaming(model_dir, update, names, out, max_rank=4, max_memory_bytes=1,
+                      merged="lowrank", progress=False)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"growth_kib": after - before}))
+"""
+
+
+def test_streaming_memory_stays_near_one_tensor(tmp_path):
+    # 8 tensors of 16 MiB: a path that loads the model grows by >= 128 MiB; one that streams by
+    # about one tensor (its bytes plus an fp32 working copy) on top of what imports cost.
+    model_dir = tmp_path / "big"
+    model_dir.mkdir()
+    names = [f"layer{i}.weight" for i in range(8)]
+    save_file({n: torch.randn(2048, 2048) for n in names}, str(model_dir / "model.safetensors"))
+    proc = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(model_dir),
+                           str(tmp_path / "out"), json.dumps(names)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    growth_mib = json.loads(proc.stdout.strip().splitlines()[-1])["growth_kib"] / 1024
+    assert growth_mib < 64, f"peak RSS grew by {growth_mib:.0f} MiB for a 128 MiB model"
+    merged = load_file(str(tmp_path / "out" / "merged-lowrank" / "model.safetensors"))
+    assert sorted(merged) == sorted(names)
