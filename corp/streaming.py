@@ -44,6 +44,18 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
           "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 _PAGE = mmap.PAGESIZE
+_CHUNK = 32 << 20  # bytes copied out of the map before its pages are released
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS. glibc keeps freed blocks of up to 32 MiB in its
+    arenas (its mmap threshold adapts upwards), so without this a loop over layers of a few tens
+    of MiB each holds on to hundreds of MiB it no longer uses."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass
@@ -93,10 +105,13 @@ class ShardReader:
     def read(self, entry: TensorEntry) -> torch.Tensor:
         nbytes = entry.end - entry.begin
         out = torch.empty(nbytes, dtype=torch.uint8)
-        if nbytes:
-            out.numpy()[:] = np.frombuffer(self._map, np.uint8, nbytes, entry.begin)
-            lo = entry.begin - entry.begin % _PAGE
-            self._map.madvise(mmap.MADV_DONTNEED, lo, entry.end - lo)
+        dst = out.numpy()
+        for start in range(0, nbytes, _CHUNK):  # resident: the copy plus one chunk of the map
+            n = min(_CHUNK, nbytes - start)
+            dst[start:start + n] = np.frombuffer(self._map, np.uint8, n, entry.begin + start)
+            lo = entry.begin + start
+            lo -= lo % _PAGE
+            self._map.madvise(mmap.MADV_DONTNEED, lo, entry.begin + start + n - lo)
         return out.view(DTYPES[entry.dtype]).reshape(entry.shape)
 
     def close(self) -> None:
@@ -173,6 +188,7 @@ def update_factors(model_dir: str, update: Member, names, max_rank: int = 16,
         else:
             out.append(layer_factors(e.name, e.shape, update, r, energy_fraction, power_iters,
                                      dense_budget))
+        _trim_heap()
     return out
 
 
@@ -213,7 +229,9 @@ def write_merged(model_dir: str, out_dir: str, update: Member, factors: list[Lay
                         f = by_name[e.name]
                         acc.addmm_(f.lora_b.float(), f.lora_a.float())
                     w = acc.to(w.dtype)
+                    del acc
                 bar.update(e.end - e.begin)
+                _trim_heap()
                 return w
             write_streaming(os.path.join(out_dir, os.path.basename(path)), entries, produce,
                             meta)
