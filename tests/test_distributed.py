@@ -122,3 +122,37 @@ def test_sigkill_of_a_rank_then_restart_gives_the_same_population(setup, tmp_pat
     assert rewards(out / "population.jsonl") == rewards(tmp_path / "single" / "population.jsonl")
     seeds = [s for p in out.glob("population.rank*.jsonl") for s, _ in rewards(p)]
     assert len(seeds) == len(set(seeds)) == n  # nothing evaluated twice, nothing lost
+
+
+def test_streaming_consolidation_split_by_layer_across_ranks(setup, tmp_path):
+    from safetensors.torch import load_file
+
+    from corp.population import Record, member_seeds
+    names = [f"model.layers.{i}.{m}.weight" for i in range(2)
+             for m in ("self_attn.q_proj", "self_attn.o_proj", "mlp.up_proj", "mlp.down_proj")]
+    outs = {}
+    for label in ("single", "dist"):
+        out = tmp_path / label
+        out.mkdir()
+        with open(out / "population.jsonl", "w") as f:
+            f.write(json.dumps({"header": {"parameters": names}}) + "\n")
+            for i, s in enumerate(member_seeds(6, 0)):
+                f.write(json.dumps(Record(s, 1e-2, float(i % 4), 0.0, [0.0], [False]).__dict__)
+                        + "\n")
+        args = ["-m", "corp", "consolidate", "--streaming", "--model", str(setup / "model"),
+                "--output-dir", str(out), "--max-rank", "4", "--no-progress"]
+        if label == "single":
+            subprocess.run([sys.executable, *args], env=_env(), check=True, timeout=300,
+                           capture_output=True)
+        else:
+            proc = subprocess.run([sys.executable, "-m", "torch.distributed.run",
+                                   "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                                   "--master-port", str(_free_port()), *args], env=_env(),
+                                  timeout=300, capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        outs[label] = out
+    for rel in ("adapter/adapter_model.safetensors", "merged-lowrank/model.safetensors"):
+        one, two = (load_file(str(outs[k] / rel)) for k in ("single", "dist"))
+        assert sorted(one) == sorted(two)
+        for key in one:
+            assert __import__("torch").equal(one[key], two[key]), key
