@@ -31,6 +31,18 @@ class Scores:
         return float(self.correct.mean()) if len(self.correct) else float("nan")
 
 
+def left_pad(encoded: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token lists padded on the left, so generation continues every
+    row from its last prompt token."""
+    width = max(len(ids) for ids in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, seq in enumerate(encoded):
+        ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
 class TextEvaluator:
     """Greedy generation + the task's parser and reward. `forward_calls` is the number of forward
     passes one evaluation makes per batch (prefill + decode steps), used to pick a perturbation
@@ -54,12 +66,8 @@ class TextEvaluator:
         out: list[list[str]] = [[] for _ in range(copies)]
         for start in range(0, len(encoded), self.batch_size):
             chunk = encoded[start:start + self.batch_size]
-            width = max(len(ids) for ids in chunk)
-            ids = torch.full((len(chunk), width), self.codec.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, seq in enumerate(chunk):  # left padding: generation continues every row
-                ids[row, width - len(seq):] = torch.tensor(seq)
-                mask[row, width - len(seq):] = 1
+            ids, mask = left_pad(chunk, self.codec.pad_id)
+            width = ids.shape[1]
             ids, mask = ids.repeat(copies, 1).to(device), mask.repeat(copies, 1).to(device)
             gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
                                  max_new_tokens=self.max_new_tokens, pad_token_id=self.codec.pad_id,

@@ -15,6 +15,8 @@ import logging
 import numpy as np
 import torch
 
+from .evaluate import left_pad
+
 log = logging.getLogger("corp")
 
 
@@ -28,11 +30,8 @@ def reward_weighted_finetune(model, evaluator, examples, samples: int = 4, steps
     device = next(model.parameters()).device
     with torch.no_grad():
         encoded = [codec.encode_prompt(p) for p in prompts]
-        width = max(map(len, encoded))
-        ids = torch.full((len(encoded), width), codec.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, seq in enumerate(encoded):
-            ids[i, width - len(seq):], mask[i, width - len(seq):] = torch.tensor(seq), 1
+        ids, mask = left_pad(encoded, codec.pad_id)
+        width = ids.shape[1]
         gen = model.generate(input_ids=ids.repeat(samples, 1).to(device),
                              attention_mask=mask.repeat(samples, 1).to(device), do_sample=True,
                              temperature=temperature, top_p=1.0, top_k=0,
