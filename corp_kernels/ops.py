@@ -1,8 +1,8 @@
 """The public ops of corp_kernels.
 
-Each op is declared once as a `torch.library` custom op (namespace `corp_kernels`) with a fake
+Each op is declared once as a `torch.library` op (namespace `corp_kernels`) with a fake
 implementation, so it traces under torch.compile; its body dispatches to the backend chosen by
-`dispatch.resolve`. The public functions validate their arguments, then call the custom op.
+`dispatch.resolve`. The public functions validate their arguments, then call the op.
 
 Noise contract: normal g of key `seed` is lane g % 4 of Triton's tl.randn4x(seed, g // 4)
 (Philox4x32-10 + Box-Muller, float32). A tensor's noise at base position `offset` puts normal
@@ -24,70 +24,106 @@ _DEVICE_LIKE = torch.device | str
 # --- op declarations ------------------------------------------------------------------------------
 # Seeds and offsets are passed as int64 bits of the unsigned values; seed lists as int64 tensors and
 # per-seed coefficients as float64 tensors, on the CPU.
+#
+# Declared with torch.library.Library rather than torch.library.custom_op: custom_op wraps every
+# kernel in torch._disable_dynamo, whose first call imports torch._dynamo and, through it, triton:
+# ~1.4 s and ~145 MiB of resident memory in every process that only wants CPU noise (it was half
+# of the streaming consolidation's peak). The schema is still inferred from the annotations.
+
+_LIBRARY = torch.library.Library("corp_kernels", "DEF")
 
 
-@torch.library.custom_op("corp_kernels::philox4x32_10", mutates_args=())
+def _op(name: str, mutates_args: tuple[str, ...] = ()):
+    """Declare the decorated function as the op corp_kernels::`name`; returns the op."""
+    def declare(fn):
+        _LIBRARY.define(name + torch.library.infer_schema(fn, mutates_args=mutates_args))
+        _LIBRARY.impl(name, fn, "CompositeExplicitAutograd")
+        op = getattr(torch.ops.corp_kernels, name).default
+        if not mutates_args:  # forward runs without grad; backward says why it cannot
+            torch.library.register_autograd(f"corp_kernels::{name}", _no_gradient(name),
+                                            lib=_LIBRARY)
+        return op
+    return declare
+
+
+def _no_gradient(name: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"corp_kernels.{name} has no gradient: the noise ops serve gradient-free "
+                           f"search; detach the inputs or run it under torch.no_grad()")
+    return backward
+
+
+def _fake(name: str):
+    return torch.library.register_fake(f"corp_kernels::{name}", lib=_LIBRARY)
+
+
+@_op("philox4x32_10")
 def _philox_op(counters: torch.Tensor, keys: torch.Tensor, backend: str) -> torch.Tensor:
     return implementation(backend).philox4x32_10(counters, keys)
 
 
-@_philox_op.register_fake
+@_fake("philox4x32_10")
 def _(counters, keys, backend):
     return torch.empty_like(counters, dtype=torch.int64)
 
 
-@torch.library.custom_op("corp_kernels::gaussian_noise", mutates_args=())
+@_op("gaussian_noise")
 def _gaussian_noise_op(shape: list[int], seed: int, offset: int, dtype: torch.dtype,
                        device: torch.device, backend: str) -> torch.Tensor:
     return implementation(backend).gaussian_noise(tuple(shape), seed, offset, dtype, device)
 
 
-@_gaussian_noise_op.register_fake
+@_fake("gaussian_noise")
 def _(shape, seed, offset, dtype, device, backend):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-@torch.library.custom_op("corp_kernels::add_noise_", mutates_args=("tensor",))
+@_op("add_noise_", mutates_args=("tensor",))
 def _add_noise_op(tensor: torch.Tensor, seed: int, alpha: float, offset: int,
                   backend: str) -> None:
     implementation(backend).add_noise_(tensor, seed, alpha, offset)
 
 
-@torch.library.custom_op("corp_kernels::weighted_noise_sum", mutates_args=())
+@_fake("add_noise_")
+def _(tensor, seed, alpha, offset, backend):
+    return None
+
+
+@_op("weighted_noise_sum")
 def _weighted_noise_sum_op(shape: list[int], seeds: torch.Tensor, weights: torch.Tensor,
                            offset: int, device: torch.device, backend: str) -> torch.Tensor:
     return implementation(backend).weighted_noise_sum(tuple(shape), seeds, weights, offset, device)
 
 
-@_weighted_noise_sum_op.register_fake
+@_fake("weighted_noise_sum")
 def _(shape, seeds, weights, offset, device, backend):
     return torch.empty(shape, dtype=torch.float32, device=device)
 
 
-@torch.library.custom_op("corp_kernels::perturbed_linear", mutates_args=())
+@_op("perturbed_linear")
 def _perturbed_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          seed: int, sigma: float, offset: int, backend: str) -> torch.Tensor:
     return implementation(backend).perturbed_linear(x, weight, bias, seed, sigma, offset)
 
 
-@_perturbed_linear_op.register_fake
+@_fake("perturbed_linear")
 def _(x, weight, bias, seed, sigma, offset, backend):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-@torch.library.custom_op("corp_kernels::population_linear", mutates_args=())
+@_op("population_linear")
 def _population_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                           seeds: torch.Tensor, sigmas: torch.Tensor, offset: int,
                           backend: str) -> torch.Tensor:
     return implementation(backend).population_linear(x, weight, bias, seeds, sigmas, offset)
 
 
-@_population_linear_op.register_fake
+@_fake("population_linear")
 def _(x, weight, bias, seeds, sigmas, offset, backend):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-@torch.library.custom_op("corp_kernels::noise_sketch", mutates_args=())
+@_op("noise_sketch")
 def _noise_sketch_op(shape: list[int], seeds: torch.Tensor, weights: torch.Tensor,
                      test_matrix: torch.Tensor, left: bool, offset: int,
                      backend: str) -> torch.Tensor:
@@ -95,20 +131,20 @@ def _noise_sketch_op(shape: list[int], seeds: torch.Tensor, weights: torch.Tenso
                                                 offset)
 
 
-@_noise_sketch_op.register_fake
+@_fake("noise_sketch")
 def _(shape, seeds, weights, test_matrix, left, offset, backend):
     rows, cols = shape
     out = (test_matrix.shape[0], cols) if left else (rows, test_matrix.shape[1])
     return test_matrix.new_empty(out, dtype=torch.float32)
 
 
-@torch.library.custom_op("corp_kernels::noise_gram", mutates_args=())
+@_op("noise_gram")
 def _noise_gram_op(numel: int, seeds: torch.Tensor, offset: int, device: torch.device,
                    backend: str) -> torch.Tensor:
     return implementation(backend).noise_gram(numel, seeds, offset, device)
 
 
-@_noise_gram_op.register_fake
+@_fake("noise_gram")
 def _(numel, seeds, offset, device, backend):
     return torch.empty((seeds.numel(), seeds.numel()), dtype=torch.float64, device=device)
 
