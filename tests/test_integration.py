@@ -108,3 +108,28 @@ def test_import_survives_a_broken_extension():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+def test_cpu_ops_do_not_load_dynamo_or_triton():
+    """torch.library.custom_op's first call imports torch._dynamo and triton (~1.4 s, ~145 MiB
+    resident); the ops are declared so that CPU use loads neither (low-memory consolidation
+    counts on it)."""
+    import subprocess
+    import sys
+    script = ("import sys, corp_kernels as ck\n"
+              "ck.weighted_noise_sum((8, 8), [1, 2], [0.5, 0.25])\n"
+              "x = ck.perturbed_linear(__import__('torch').randn(2, 8), "
+              "__import__('torch').randn(4, 8), None, 3, 0.1)\n"
+              "print(sorted(m for m in sys.modules if m == 'triton' or "
+              "m.startswith('torch._dynamo')))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_backward_through_an_op_names_the_op():
+    x = torch.randn(2, 6, requires_grad=True)
+    y = ck.perturbed_linear(x, torch.randn(4, 6), None, 3, 0.1)
+    with pytest.raises(RuntimeError, match="perturbed_linear has no gradient"):
+        y.sum().backward()
