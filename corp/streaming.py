@@ -6,11 +6,14 @@ from the parameter's name and shape. So building the update's low-rank factors n
 at all (shapes come from the safetensors headers), and merging needs one tensor in memory at a
 time:
 
-- reading: each tensor is copied out of a memory map of its shard, then the mapped pages are
-  released (MADV_DONTNEED), so resident memory holds one tensor, not the file;
+- reading: tensors are read through a memory map of their shard a chunk at a time, and each
+  chunk's pages are released (MADV_DONTNEED) once used, so resident memory never holds the file;
+  a tensor the update does not change goes from the map to the output file without a copy;
 - factors: the streaming randomized SVD (`corp_kernels.randomized_svd_noise`) regenerates noise
   tile by tile; a layer's dense update is materialized only when it fits a quarter of
   `max_memory_bytes` (faster: one noise pass instead of two or more);
+- merging: W + B @ A (or the exact noise sum) is computed a block of rows at a time, so even
+  the largest layer costs a few MiB;
 - writing: the output header is computed from the input's shapes and dtypes first, then each
   tensor's bytes are appended, so no shard is ever held whole.
 
@@ -44,7 +47,8 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
           "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 _PAGE = mmap.PAGESIZE
-_CHUNK = 32 << 20  # bytes copied out of the map before its pages are released
+_CHUNK = 8 << 20  # bytes of the map resident at a time: released after each chunk
+_MERGE_BLOCK = 8 << 20  # float32 bytes of a block of rows merged at a time
 
 
 def _trim_heap() -> None:
@@ -96,26 +100,44 @@ def model_files(model_dir: str) -> list[str]:
 
 
 class ShardReader:
-    """Reads tensors of one shard through a memory map, releasing the pages after each copy."""
+    """Reads tensors of one shard through a memory map, releasing the pages after each chunk."""
 
     def __init__(self, path: str):
         self._file = open(path, "rb")
         self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
 
-    def read(self, entry: TensorEntry) -> torch.Tensor:
-        nbytes = entry.end - entry.begin
-        out = torch.empty(nbytes, dtype=torch.uint8)
+    def _release(self, begin: int, end: int) -> None:
+        lo = begin - begin % _PAGE
+        self._map.madvise(mmap.MADV_DONTNEED, lo, end - lo)
+
+    def read(self, entry: TensorEntry, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """A copy of the tensor, or of its rows [r0, r1) along the first dimension."""
+        begin, end, shape = entry.begin, entry.end, entry.shape
+        if rows is not None:
+            row_bytes = (end - begin) // shape[0]
+            begin, end = begin + rows[0] * row_bytes, begin + rows[1] * row_bytes
+            shape = (rows[1] - rows[0], *shape[1:])
+        out = torch.empty(end - begin, dtype=torch.uint8)
         dst = out.numpy()
-        for start in range(0, nbytes, _CHUNK):  # resident: the copy plus one chunk of the map
-            n = min(_CHUNK, nbytes - start)
-            dst[start:start + n] = np.frombuffer(self._map, np.uint8, n, entry.begin + start)
-            lo = entry.begin + start
-            lo -= lo % _PAGE
-            self._map.madvise(mmap.MADV_DONTNEED, lo, entry.begin + start + n - lo)
-        return out.view(DTYPES[entry.dtype]).reshape(entry.shape)
+        for start in range(begin, end, _CHUNK):  # resident: the copy plus one chunk of the map
+            n = min(_CHUNK, end - start)
+            dst[start - begin:start - begin + n] = np.frombuffer(self._map, np.uint8, n, start)
+            self._release(start, start + n)
+        return out.view(DTYPES[entry.dtype]).reshape(shape)
+
+    def chunks(self, entry: TensorEntry):
+        """The tensor's stored bytes, as views of the map a chunk at a time (nothing copied)."""
+        for start in range(entry.begin, entry.end, _CHUNK):
+            end = min(start + _CHUNK, entry.end)
+            with memoryview(self._map)[start:end] as view:
+                yield view
+            self._release(start, end)
 
     def close(self) -> None:
-        self._map.close()
+        try:
+            self._map.close()
+        except BufferError:  # a chunk view still alive after an error: the GC unmaps it
+            pass
         self._file.close()
 
     def __enter__(self):
@@ -128,7 +150,9 @@ class ShardReader:
 def write_streaming(path: str, entries: list[TensorEntry], produce, metadata: dict | None = None
                     ) -> None:
     """Write a safetensors file whose tensors have `entries`' names, dtypes and shapes, calling
-    produce(entry) -> tensor for one tensor at a time. Written to a temporary name and renamed."""
+    produce(entry) for one tensor at a time: it returns the tensor, or its stored bytes as an
+    iterable of bytes-like pieces (so a tensor can be written a block at a time). Written to a
+    temporary name and renamed."""
     header, offset = {}, 0
     for e in entries:
         size = e.end - e.begin
@@ -144,12 +168,22 @@ def write_streaming(path: str, entries: list[TensorEntry], produce, metadata: di
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for e in entries:
-            t = produce(e)
-            if tuple(t.shape) != e.shape or DTYPE_NAMES[t.dtype] != e.dtype:
-                raise ValueError(f"{e.name}: produced {tuple(t.shape)} {t.dtype}, expected "
-                                 f"{e.shape} {e.dtype}")
-            f.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+            produced = produce(e)
+            if isinstance(produced, torch.Tensor):
+                if tuple(produced.shape) != e.shape or DTYPE_NAMES[produced.dtype] != e.dtype:
+                    raise ValueError(f"{e.name}: produced {tuple(produced.shape)} "
+                                     f"{produced.dtype}, expected {e.shape} {e.dtype}")
+                produced = [_tensor_bytes(produced)]
+            written = 0
+            for piece in produced:
+                written += f.write(piece)
+            if written != e.end - e.begin:
+                raise ValueError(f"{e.name}: produced {written} bytes, expected {e.end - e.begin}")
     os.replace(tmp, path)
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    return memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 def perturbed_entries(model_dir: str, names) -> list[TensorEntry]:
@@ -201,6 +235,27 @@ def gather_factors(factors: list[LayerFactors], world: int) -> list[LayerFactors
     return [f for part in parts for f in part]
 
 
+def _merged_rows(reader: ShardReader, e: TensorEntry, update: Member, factors: LayerFactors,
+                 exact: bool):
+    """The bytes of W + B @ A (or W + sum_j c_j eps_j), a block of rows at a time: resident
+    memory is a few MiB whatever the layer's size. A block of rows [r0, r1) is the tensor's noise
+    at base position r0 * cols, so the exact sum is the same bits as for the whole tensor."""
+    rows, cols = e.shape
+    block = max(1, _MERGE_BLOCK // (4 * cols))
+    keys = [parameter_key(s, e.name) for s in update.seeds] if exact else None
+    b, a = factors.lora_b.float(), factors.lora_a.float()
+    for r0 in range(0, rows, block):
+        r1 = min(rows, r0 + block)
+        w = reader.read(e, (r0, r1))
+        acc = w.float()
+        if exact:  # the same arithmetic as Perturber.add_: one rounding
+            acc += ck.weighted_noise_sum((r1 - r0, cols), keys, list(update.coeffs),
+                                         offset=r0 * cols)
+        else:
+            acc.addmm_(b[r0:r1], a)
+        yield _tensor_bytes(acc.to(w.dtype))
+
+
 def write_merged(model_dir: str, out_dir: str, update: Member, factors: list[LayerFactors],
                  exact: bool = False, progress: bool = True) -> str:
     """A merged checkpoint, shard by shard: W + B @ A (or, with `exact`, W + sum_j c_j eps_j),
@@ -218,21 +273,13 @@ def write_merged(model_dir: str, out_dir: str, update: Member, factors: list[Lay
     for path in files:
         entries, meta = read_header(path)
         with ShardReader(path) as reader:
-            def produce(e: TensorEntry) -> torch.Tensor:
-                w = reader.read(e)
+            def produce(e: TensorEntry):
                 if e.name in by_name:
-                    acc = w.float()
-                    if exact:  # the same arithmetic as Perturber.add_: one rounding
-                        keys = [parameter_key(s, e.name) for s in update.seeds]
-                        acc += ck.weighted_noise_sum(e.shape, keys, list(update.coeffs))
-                    else:
-                        f = by_name[e.name]
-                        acc.addmm_(f.lora_b.float(), f.lora_a.float())
-                    w = acc.to(w.dtype)
-                    del acc
+                    yield from _merged_rows(reader, e, update, by_name[e.name], exact)
+                    _trim_heap()
+                else:  # unchanged: the stored bytes go straight from the map to the file
+                    yield from reader.chunks(e)
                 bar.update(e.end - e.begin)
-                _trim_heap()
-                return w
             write_streaming(os.path.join(out_dir, os.path.basename(path)), entries, produce,
                             meta)
     bar.close()
