@@ -31,3 +31,33 @@ def allocation_profile(fn: Callable[[], object]) -> tuple[int, int]:
         peak = max(peak, live)
         largest = max(largest, e.self_cpu_memory_usage)
     return peak, largest
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started (or since reset_peak_rss()).
+
+    Reads VmHWM, the high-water mark of this process's own address space. Not ru_maxrss: Linux
+    carries the forking parent's resident size into a child's ru_maxrss across exec, so a small
+    worker started by a big parent reports the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def reset_peak_rss() -> bool:
+    """Restart the high-water mark at the current resident size (Linux >= 4.0); False if not."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
