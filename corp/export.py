@@ -44,23 +44,29 @@ def low_rank_factors(perturber: Perturber, update: Member, max_rank: int = 64,
 
 
 def layer_factors(name: str, shape: tuple[int, int], update: Member, max_rank: int = 64,
-                  energy_fraction: float = 0.9, power_iters: int = 2,
+                  energy_fraction: float | None = 0.9, power_iters: int = 2,
                   memory_budget_bytes: int | None = 256 << 20) -> LayerFactors:
-    """One parameter's factors, from its name and shape only (the weights are not needed)."""
-    if not 0 < energy_fraction <= 1:
+    """One parameter's factors, from its name and shape only (the weights are not needed).
+    `energy_fraction=None` keeps exactly min(max_rank, *shape) and skips the exact-energy pass
+    (the noise Gram); the factors' energy is then NaN."""
+    if energy_fraction is not None and not 0 < energy_fraction <= 1:
         raise ValueError(f"energy_fraction must be in (0, 1], got {energy_fraction}")
     keys = [parameter_key(s, name) for s in update.seeds]
-    total = float(ck.noise_gram(shape, keys, update.coeffs).sum())
     rank = min(max_rank, *shape)
     u, s, v = ck.randomized_svd_noise(shape, keys, list(update.coeffs), rank,
                                       power_iters=power_iters,
                                       memory_budget_bytes=memory_budget_bytes)
-    cum = np.cumsum(s.double().square().numpy()) / max(total, 1e-300)
-    r = int(np.searchsorted(cum, energy_fraction - 1e-12) + 1) if total > 0 else 1
-    r = min(r, rank)
+    if energy_fraction is None:
+        r, energy = rank, float("nan")
+    else:
+        total = float(ck.noise_gram(shape, keys, update.coeffs).sum())
+        cum = np.cumsum(s.double().square().numpy()) / max(total, 1e-300)
+        r = int(np.searchsorted(cum, energy_fraction - 1e-12) + 1) if total > 0 else 1
+        r = min(r, rank)
+        energy = float(cum[r - 1])
     root = s[:r].sqrt()
     return LayerFactors(name, (u[:, :r] * root).contiguous(),
-                        (root[:, None] * v[:, :r].T).contiguous(), float(cum[r - 1]))
+                        (root[:, None] * v[:, :r].T).contiguous(), energy)
 
 
 @torch.no_grad()

@@ -210,18 +210,8 @@ def update_factors(model_dir: str, update: Member, names, max_rank: int = 16,
     entries = perturbed_entries(model_dir, names)[rank::world]
     out = []
     for e in tqdm(entries, desc=f"factors (rank {rank})", unit="layer", disable=not progress):
-        r = min(max_rank, *e.shape)
-        if energy_fraction is None:
-            keys = [parameter_key(s, e.name) for s in update.seeds]
-            u, s, v = ck.randomized_svd_noise(e.shape, keys, list(update.coeffs), r,
-                                              power_iters=power_iters,
-                                              memory_budget_bytes=dense_budget)
-            root = s.sqrt()
-            out.append(LayerFactors(e.name, (u * root).contiguous(),
-                                    (root[:, None] * v.T).contiguous(), float("nan")))
-        else:
-            out.append(layer_factors(e.name, e.shape, update, r, energy_fraction, power_iters,
-                                     dense_budget))
+        out.append(layer_factors(e.name, e.shape, update, max_rank, energy_fraction, power_iters,
+                                 dense_budget))
         _trim_heap()
     return out
 
