@@ -44,17 +44,13 @@ def llama_shapes(params: float, hidden: int = 2048, vocab: int = 32000):
     inter = int(hidden * 2.75) // 64 * 64
     per_layer = 4 * hidden * hidden + 3 * hidden * inter + 2 * hidden
     layers = max(1, round((params - 2 * vocab * hidden) / per_layer))
+    linear_shapes = dict(zip(LINEARS, [(hidden, hidden)] * 4 + [(inter, hidden)] * 2
+                             + [(hidden, inter)]))
     shapes = [("model.embed_tokens.weight", (vocab, hidden))]
     for i in range(layers):
         p = f"model.layers.{i}."
-        shapes += [(p + "self_attn.q_proj.weight", (hidden, hidden)),
-                   (p + "self_attn.k_proj.weight", (hidden, hidden)),
-                   (p + "self_attn.v_proj.weight", (hidden, hidden)),
-                   (p + "self_attn.o_proj.weight", (hidden, hidden)),
-                   (p + "mlp.gate_proj.weight", (inter, hidden)),
-                   (p + "mlp.up_proj.weight", (inter, hidden)),
-                   (p + "mlp.down_proj.weight", (hidden, inter)),
-                   (p + "input_layernorm.weight", (hidden,)),
+        shapes += [(f"{p}{module}.weight", shape) for module, shape in linear_shapes.items()]
+        shapes += [(p + "input_layernorm.weight", (hidden,)),
                    (p + "post_attention_layernorm.weight", (hidden,))]
     shapes += [("model.norm.weight", (hidden,)), ("lm_head.weight", (vocab, hidden))]
     return shapes
