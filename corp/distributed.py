@@ -19,14 +19,13 @@ are bitwise equal (with the same number of threads per process).
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 
 import torch
 
 from .perturb import Member
-from .population import PopulationLog, Record, iter_member_scores, member_sigma
+from .population import PopulationLog, Record, iter_member_scores, member_sigma, read_log
 
 log = logging.getLogger("corp")
 
@@ -53,16 +52,13 @@ def read_logs(output_dir: str, header: dict) -> dict[int, Record]:
     for path in paths:
         if not os.path.exists(path):
             continue
-        with open(path) as f:
-            lines = f.read().split("\n")[:-1]
-        if not lines:
+        found, logged, _ = read_log(path)
+        if found is None:
             continue
-        first = json.loads(lines[0]).get("header")
-        if first != header:
+        if found != header:
             raise ValueError(f"{path} was written by a different search; use another output "
                              f"directory or delete the logs")
-        for line in lines[1:]:
-            rec = Record(**json.loads(line))
+        for rec in logged:
             records.setdefault(rec.seed, rec)
     return records
 

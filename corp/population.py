@@ -66,6 +66,18 @@ class Record:
         return Member.single(self.seed, self.sigma)
 
 
+def read_log(path: str) -> tuple[dict | None, list[Record], bool]:
+    """(header, records, partial) of a population log, read-only. The part after the last newline
+    is an unfinished write (partial=True) and is left out; an empty log has header None."""
+    with open(path) as f:
+        lines = f.read().split("\n")
+    complete, partial = lines[:-1], bool(lines[-1])
+    if not complete:
+        return None, [], partial
+    header = json.loads(complete[0]).get("header")
+    return header, [Record(**json.loads(line)) for line in complete[1:]], partial
+
+
 class PopulationLog:
     """Append-only JSONL: a header line {"header": {...}}, then one line per member."""
 
@@ -79,23 +91,19 @@ class PopulationLog:
             self._append({"header": header})
 
     def _load(self) -> None:
-        with open(self.path) as f:
-            lines = f.read().split("\n")
-        complete = lines[:-1]  # the part after the last newline is an unfinished write
-        if lines[-1]:
+        header, records, partial = read_log(self.path)
+        if partial:
             log.warning("%s: dropping a truncated last line (interrupted write)", self.path)
-            with open(self.path, "w") as f:  # rewrite without it, so appends stay line-aligned
-                f.write("".join(line + "\n" for line in complete))
-        if not complete:
+            with open(self.path, "rb+") as f:  # cut it off, so appends stay line-aligned
+                f.truncate(f.read().rfind(b"\n") + 1)
+        if header is None:
             self._append({"header": self.header})
             return
-        first = json.loads(complete[0])
-        if first.get("header") != self.header:
+        if header != self.header:
             raise ValueError(f"{self.path} was written by a different search "
-                             f"(header {first.get('header')} != {self.header}); use another "
+                             f"(header {header} != {self.header}); use another "
                              f"output directory or delete the log")
-        for line in complete[1:]:
-            rec = Record(**json.loads(line))
+        for rec in records:
             self.records[rec.seed] = rec
 
     def _append(self, obj: dict) -> None:

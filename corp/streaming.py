@@ -317,17 +317,11 @@ def parse_bytes(text: str | int | None) -> int | None:
 
 def read_population(log_path: str):
     """(header, records) of a population log, without a model (read-only)."""
-    from .population import Record
-    with open(log_path) as f:
-        lines = f.read().split("\n")[:-1]  # a truncated last line is ignored
-    if not lines:
+    from .population import read_log
+    header, records, _ = read_log(log_path)  # a truncated last line is left out
+    if header is None:
         raise ValueError(f"{log_path} is empty: run `corp search` first")
-    header = json.loads(lines[0])["header"]
-    records = {}
-    for line in lines[1:]:
-        r = Record(**json.loads(line))
-        records[r.seed] = r
-    return header, list(records.values())
+    return header, list({r.seed: r for r in records}.values())
 
 
 def stage1_update(model_dir: str, records, names, q: float = 0.5, beta: float = 1.0,
