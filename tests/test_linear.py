@@ -127,3 +127,177 @@ def test_fused_cpp_never_allocates_a_weight_sized_tensor():
     population = _largest_allocation(lambda: ck.population_linear(
         x.expand(8, 4, 1024).contiguous(), w, None, list(range(8)), 0.01, backend="cpp"))
     assert population < w_bytes / 8
+
+
+# --- Triton strategies: each one forced, over the shapes that exercise its own code paths ---------
+
+triton_available = pytest.mark.skipif(not dispatch.backends()["triton"].available,
+                                      reason=dispatch.backends()["triton"].reason)
+
+
+def _triton_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@triton_available
+@pytest.mark.parametrize("strategy, options", [
+    ("fused", {"splits": 1}),
+    ("fused", {"splits": 3}),  # split-K: partial sums in a float32 workspace
+    ("fused", {}),  # as many splits as the device's SM count asks for
+    ("chunked", {"chunk_bytes": 1}),  # one row per chunk
+    ("chunked", {"chunk_bytes": 7 * 100 * 4}),  # ragged last chunk
+    ("chunked", {}),  # the whole weight in one chunk
+], ids=["fused-1split", "fused-3splits", "fused-auto", "chunked-rows", "chunked-ragged",
+        "chunked-one"])
+@pytest.mark.parametrize("members, tokens, n_out, n_in, offset", [
+    (1, 1, 37, 300, 0), (1, 19, 40, 257, 3), (3, 2, 70, 130, 8), (2, 70, 9, 64, 2**40 + 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_strategies_match_the_definition(strategy, options, members, tokens, n_out, n_in,
+                                                offset, dtype):
+    from corp_kernels.triton_kernels import perturbed_linear as tpl
+    device = _triton_device()
+    x, w, b = _inputs(tokens, n_out, n_in, dtype, True, members=members)
+    seeds = [(1 << 63) + 11 * p for p in range(members)]
+    sigmas = [0.02 * (p + 1) for p in range(members)]
+    seed_bits = torch.tensor([s - (1 << 64) for s in seeds], dtype=torch.int64)
+    out = tpl.population_linear(x.to(device), w.to(device), b.to(device), seed_bits,
+                                torch.tensor(sigmas, dtype=torch.float64), offset, strategy,
+                                **options)
+    assert out.shape == (members, tokens, n_out) and out.dtype == dtype
+    for p in range(members):
+        _assert_as_accurate_as_plain_pytorch(out[p], x[p], w, b, seeds[p], sigmas[p], offset)
+
+
+@triton_available
+def test_fused_split_k_is_deterministic_and_equals_one_split():
+    from corp_kernels.triton_kernels import perturbed_linear as tpl
+    device = _triton_device()
+    x, w, b = _inputs(2, 33, 520, torch.float32, True)
+    args = (x.to(device), w.to(device), b.to(device), 7, 0.05, 0, "fused")
+    split = tpl.perturbed_linear(*args, splits=5)
+    torch.testing.assert_close(split, tpl.perturbed_linear(*args, splits=1), rtol=1e-5, atol=1e-5)
+    assert torch.equal(split, tpl.perturbed_linear(*args, splits=5))  # fixed summation order
+
+
+def test_split_count_fills_the_device_and_never_exceeds_k_blocks():
+    from corp_kernels.triton_kernels.perturbed_linear import split_count
+    assert split_count(programs=14, K=896, block_k=64, sms=132) == 14  # 896 / 64 blocks of K
+    assert split_count(programs=64, K=4096, block_k=64, sms=132) == 9  # 64 * 9 >= 4 * 132
+    assert split_count(programs=600, K=4096, block_k=64, sms=132) == 1  # already enough programs
+    assert split_count(programs=1, K=10, block_k=64, sms=132) == 1
+
+
+def test_strategy_rule_and_its_override(monkeypatch):
+    from corp_kernels.triton_kernels.perturbed_linear import FUSED_MAX_TOKENS, choose_strategy
+    monkeypatch.delenv("CORP_KERNELS_LINEAR_STRATEGY", raising=False)
+    assert choose_strategy(1, aligned=True) == "fused"
+    assert choose_strategy(FUSED_MAX_TOKENS, aligned=True) == "fused"
+    assert choose_strategy(FUSED_MAX_TOKENS + 1, aligned=True) == "chunked"
+    assert choose_strategy(1, aligned=False) == "chunked"  # unaligned fused tiles spill
+    monkeypatch.setenv("CORP_KERNELS_LINEAR_STRATEGY", "chunked")
+    assert choose_strategy(1, aligned=True) == "chunked"
+    monkeypatch.setenv("CORP_KERNELS_LINEAR_STRATEGY", "fused")
+    assert choose_strategy(4096, aligned=False) == "fused"
+    monkeypatch.setenv("CORP_KERNELS_LINEAR_STRATEGY", "fast")
+    with pytest.raises(ValueError, match="CORP_KERNELS_LINEAR_STRATEGY"):
+        choose_strategy(1, aligned=True)
+
+
+@triton_available
+@pytest.mark.parametrize("tokens, n_in, offset, expected", [
+    (3, 64, 0, "fused"), (3, 66, 0, "chunked"), (3, 64, 2, "chunked"), (65, 64, 0, "chunked")])
+def test_population_linear_takes_the_rules_strategy(monkeypatch, tokens, n_in, offset, expected):
+    """The launcher asks the rule with the real token count and alignment (a swapped argument
+    or a dropped alignment check would send unaligned calls to the spilling fused tiles)."""
+    from corp_kernels.triton_kernels import perturbed_linear as tpl
+    monkeypatch.delenv("CORP_KERNELS_LINEAR_STRATEGY", raising=False)
+    taken = []
+    for name in ("_fused", "_chunked"):
+        original = getattr(tpl, name)
+        monkeypatch.setattr(tpl, name, lambda *a, _o=original, _n=name, **k: (
+            taken.append(_n[1:]), _o(*a, **k))[1])
+    device = _triton_device()
+    x, w, b = _inputs(tokens, 8, n_in, torch.float32, False, members=2)
+    tpl.population_linear(x.to(device), w.to(device), None, torch.tensor([1, 2]),
+                          torch.tensor([0.1, 0.2], dtype=torch.float64), offset)
+    assert taken == [expected]
+
+
+def _peak_live_bytes(fn, device) -> int:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    return allocation_profile(fn)[0]
+
+
+@triton_available
+def test_chunked_strategy_never_materializes_the_whole_weight():
+    from corp_kernels.triton_kernels import perturbed_linear as tpl
+    device = _triton_device()
+    w = torch.randn(256, 256, device=device)  # 256 KiB
+    x = torch.randn(40, 256, device=device)
+    w_bytes = w.numel() * w.element_size()
+
+    def run(chunk_bytes):
+        return _peak_live_bytes(lambda: tpl.perturbed_linear(x, w, None, 1, 0.01, 0, "chunked",
+                                                             chunk_bytes=chunk_bytes), device)
+    # The check can fail: with a chunk of W's size the buffer alone is W-sized.
+    assert run(w_bytes) >= w_bytes
+    assert run(w_bytes // 8) < w_bytes // 2  # an eighth of W, the output and a product block
+
+
+# --- C++ backend: the panel kernel below CHUNKED_MIN_TOKENS tokens per member, chunked above -----
+
+cpp_available = pytest.mark.skipif(not dispatch.backends()["cpp"].available,
+                                   reason=dispatch.backends()["cpp"].reason)
+
+
+@cpp_available
+@pytest.mark.parametrize("strategy", ["fused", "chunked"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("members", [None, 3])
+def test_cpp_strategies_match_the_definition(monkeypatch, strategy, dtype, members):
+    from corp_kernels.impl import cpp
+    monkeypatch.setenv("CORP_KERNELS_LINEAR_STRATEGY", strategy)
+    monkeypatch.setattr(cpp, "CHUNK_BYTES", 7 * 70 * 4)  # 7-row chunks: a ragged last one
+    x, w, b = _inputs(5, 33, 70, dtype, True, members=members)
+    if members is None:
+        out = ck.perturbed_linear(x, w, b, (1 << 63) + 3, 0.1, offset=5, backend="cpp")
+        _assert_as_accurate_as_plain_pytorch(out, x, w, b, (1 << 63) + 3, 0.1, 5)
+    else:
+        seeds, sigmas = [4, 5, 6], [0.1, 0.2, 0.3]
+        out = ck.population_linear(x, w, b, seeds, sigmas, offset=5, backend="cpp")
+        for p in range(members):
+            _assert_as_accurate_as_plain_pytorch(out[p], x[p], w, b, seeds[p], sigmas[p], 5)
+    monkeypatch.setenv("CORP_KERNELS_LINEAR_STRATEGY", "fused" if strategy == "chunked"
+                       else "chunked")
+    other = (ck.perturbed_linear(x, w, b, (1 << 63) + 3, 0.1, offset=5, backend="cpp")
+             if members is None else
+             ck.population_linear(x, w, b, [4, 5, 6], [0.1, 0.2, 0.3], offset=5, backend="cpp"))
+    # Both compute W + sigma*eps and the product in float32 and round once: they differ by the
+    # summation order of the BLAS at most, which can move a rounding by one ulp of the output.
+    tol = max(1e-5, torch.finfo(dtype).eps)
+    torch.testing.assert_close(out.float(), other.float(), rtol=tol, atol=tol)
+
+
+@cpp_available
+@pytest.mark.parametrize("tokens, members, expected", [
+    (511, None, "fused"), (512, None, "chunked"), (511, 2, "fused"), (512, 2, "chunked")])
+def test_cpp_rule_counts_tokens_per_member(monkeypatch, tokens, members, expected):
+    from corp_kernels.impl import cpp
+    monkeypatch.delenv("CORP_KERNELS_LINEAR_STRATEGY", raising=False)
+    assert cpp.CHUNKED_MIN_TOKENS == 512
+    taken = []
+    original = cpp._chunked
+    monkeypatch.setattr(cpp, "_chunked",
+                        lambda *a, **k: (taken.append("chunked"), original(*a, **k))[1])
+    x, w, _ = _inputs(tokens, 6, 8, torch.float32, False, members=members)
+    if members is None:
+        ck.perturbed_linear(x, w, None, 1, 0.1, backend="cpp")
+    else:
+        ck.population_linear(x, w, None, [1, 2], 0.1, backend="cpp")
+    assert taken == ([] if expected == "fused" else ["chunked"])

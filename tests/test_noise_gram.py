@@ -62,3 +62,17 @@ def test_noise_gram_rejects_bad_input(bad, match):
     args.update(bad)
     with pytest.raises(ValueError, match=match):
         ck.noise_gram(args["shape"], args["seeds"], args["coeffs"])
+
+
+@pytest.mark.parametrize("count, offset", [(70, 0), (70, 5), (130, 2**33 + 3)])
+def test_noise_gram_many_seed_blocks(backend_device, count, offset):
+    """More seeds than one block of the Triton kernel (64): off-diagonal blocks, the mirrored
+    lower triangle and padded seeds of the last block."""
+    backend, device = backend_device
+    seeds = [7 * i + 1 for i in range(count)]
+    shape = (3, 37)
+    gram = ck.noise_gram(shape, seeds, offset=offset, device=device, backend=backend).cpu()
+    expected = materialized_gram(shape, seeds, offset)
+    scale = expected.diagonal().sqrt()
+    rel = (gram - expected).abs() / (scale[:, None] * scale[None, :])
+    assert rel.max().item() < 1e-5

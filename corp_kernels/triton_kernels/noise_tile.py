@@ -1,7 +1,32 @@
 """The noise of a 2-D tile of a row-major tensor, shared by every matmul-shaped kernel."""
 
+import contextlib
+
+import torch
 import triton
 import triton.language as tl
+
+
+def device_guard(tensor: torch.Tensor):
+    """Launch on the tensor's GPU: Triton launches on the current device, which need not be the
+    one the tensors live on (a model split over GPUs)."""
+    if tensor.is_cuda:
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
+_SM_COUNTS: dict[int, int] = {}
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of `device` (a stand-in of 4 under the CPU interpreter, so that
+    the multi-program paths are exercised there too)."""
+    if device.type != "cuda":
+        return 4
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNTS:
+        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNTS[index]
 
 
 def split_offset(offset: int) -> tuple[int, int]:

@@ -117,6 +117,28 @@ void noise_fill_(at::Tensor out, int64_t seed, int64_t offset, double alpha, boo
   });
 }
 
+// out = float(src) + sigma * noise, out float32, src any float dtype, both contiguous and of one
+// size: the perturbed copy of a block of W rows that the chunked linear strategy multiplies.
+void perturbed_copy_(at::Tensor out, const at::Tensor& src, int64_t seed, int64_t offset,
+                     double sigma) {
+  TORCH_CHECK(out.is_contiguous() && src.is_contiguous(), "perturbed_copy_: tensors must be "
+              "contiguous");
+  TORCH_CHECK(out.scalar_type() == at::kFloat, "perturbed_copy_: out must be float32");
+  TORCH_CHECK(out.numel() == src.numel(), "perturbed_copy_: out and src sizes differ");
+  uint32_t k0, k1;
+  split_seed(as_u64(seed), &k0, &k1);
+  const uint64_t base = as_u64(offset);
+  float* o = out.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "perturbed_copy_",
+                                  [&] {
+    const scalar_t* w = src.data_ptr<scalar_t>();
+    at::parallel_for(0, src.numel(), kChunk, [&](int64_t begin, int64_t end) {
+      perturbed_into(w + begin, base + begin, end - begin, k0, k1, static_cast<float>(sigma),
+                     o + begin);
+    });
+  });
+}
+
 // sum_k weights[k] * noise(seeds[k]) over `shape`, in fp32. Each output chunk stays in cache while
 // every seed's noise for it is generated and accumulated: memory is the output only.
 at::Tensor weighted_noise_sum(at::IntArrayRef shape, const at::Tensor& seeds,
@@ -335,6 +357,7 @@ at::Tensor noise_gram(int64_t numel, const at::Tensor& seeds, int64_t offset) {
 TORCH_LIBRARY(corp_cpu, m) {
   m.def("philox4x32_10(Tensor counters, Tensor keys) -> Tensor");
   m.def("noise_fill_(Tensor(a!) out, int seed, int offset, float alpha, bool accumulate) -> ()");
+  m.def("perturbed_copy_(Tensor(a!) out, Tensor src, int seed, int offset, float sigma) -> ()");
   m.def("weighted_noise_sum(int[] shape, Tensor seeds, Tensor weights, int offset) -> Tensor");
   m.def(
       "perturbed_linear(Tensor x, Tensor weight, Tensor? bias, int seed, int offset, float sigma)"
@@ -351,6 +374,7 @@ TORCH_LIBRARY(corp_cpu, m) {
 TORCH_LIBRARY_IMPL(corp_cpu, CPU, m) {
   m.impl("philox4x32_10", &corp::cpu::philox_op);
   m.impl("noise_fill_", &corp::cpu::noise_fill_);
+  m.impl("perturbed_copy_", &corp::cpu::perturbed_copy_);
   m.impl("perturbed_linear", &corp::cpu::perturbed_linear);
   m.impl("population_linear", &corp::cpu::population_linear);
   m.impl("noise_sketch", &corp::cpu::noise_sketch);
