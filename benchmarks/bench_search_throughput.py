@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -95,12 +96,21 @@ class SearchBench:
             with self.perturber.run(Member.single(seed, self.sigma), mode):
                 self.generate()
 
-    def corp_population(self, seeds: list[int], size: int) -> None:
+    def corp_population(self, seeds: list[int], size: int, strategy: str | None = None) -> None:
+        """`strategy` forces population_linear's strategy (fused or chunked) for the run."""
         from corp.perturb import Member
-        for start in range(0, len(seeds), size):
-            members = [Member.single(s, self.sigma) for s in seeds[start:start + size]]
-            with self.perturber.population(members):
-                self.generate(len(members))
+        saved = os.environ.get("CORP_KERNELS_LINEAR_STRATEGY")
+        if strategy:
+            os.environ["CORP_KERNELS_LINEAR_STRATEGY"] = strategy
+        try:
+            for start in range(0, len(seeds), size):
+                members = [Member.single(s, self.sigma) for s in seeds[start:start + size]]
+                with self.perturber.population(members):
+                    self.generate(len(members))
+        finally:
+            os.environ.pop("CORP_KERNELS_LINEAR_STRATEGY", None)
+            if saved is not None:
+                os.environ["CORP_KERNELS_LINEAR_STRATEGY"] = saved
 
 
 def measure(bench: SearchBench, modes: dict, members: int, device: str) -> list[dict]:
@@ -139,6 +149,9 @@ def main(argv=None) -> int:
     parser.add_argument("--members", type=int, default=4, help="timed members per single mode")
     parser.add_argument("--population", type=int, nargs="*", default=[8, 16],
                         help="population sizes P to time (P members timed for each)")
+    parser.add_argument("--population-fused", type=int, nargs="*", default=[],
+                        help="population sizes to time again with every population_linear call "
+                             "fused (prefill included), to check the dispatcher's rule end to end")
     parser.add_argument("--modes", nargs="*", default=None,
                         help="subset of user_loop inplace fused population (default: all)")
     parser.add_argument("--out", default=None, help="results JSON")
@@ -146,7 +159,7 @@ def main(argv=None) -> int:
     for flag in ("prompts", "prompt_len", "new_tokens", "members"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
-    if any(p < 1 for p in args.population):
+    if any(p < 1 for p in args.population + args.population_fused):
         parser.error("--population sizes must be >= 1")
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda")
                                           else "float32"))
@@ -166,6 +179,10 @@ def main(argv=None) -> int:
         for size in args.population:
             name = f"population-{size}"
             modes[name] = lambda seeds, s=size: bench.corp_population(seeds, s)
+            warmup[name], timed[name] = size, size
+        for size in args.population_fused:
+            name = f"population-{size}-all-fused"
+            modes[name] = lambda seeds, s=size: bench.corp_population(seeds, s, "fused")
             warmup[name], timed[name] = size, size
     print(f"search throughput: {args.size} Llama ({n_params / 1e9:.3f}B parameters, "
           f"{bench.perturber.numel / 1e9:.3f}B perturbed), {dtype}, {args.device}; "

@@ -2,7 +2,8 @@
 
     python -m benchmarks.gpu_report GPU_OUT_DIR benchmarks/results/gpu-<device>.md
 
-Reads env.txt, tests.log, microbench.json, search.json and suite.json (each optional) and writes
+Reads env.txt, tests.log, microbench.json, search.json, suite.json and linear_graphs.json (each
+optional) and writes
 tables people can read: what ran, what passed, every timing with the ratio that matters.
 """
 
@@ -93,6 +94,20 @@ def render(out_dir: Path) -> str:
                                     "x_user_loop"])
         lines += ["user_loop: copy of the weights kept, sigma * torch.randn added per member, "
                   "generate, weights copied back.", ""]
+    graphs = out_dir / "linear_graphs.json"
+    if graphs.exists():
+        d = json.loads(graphs.read_text())
+        lines += ["## perturbed_linear: eager call vs CUDA-graph replay (GPU time only), bf16, ms",
+                  "", "eager includes the host's work per call; graph replays only the kernels. "
+                  "fused_launcher: the Triton launcher without the public op's checks.", ""]
+        cols = ["N", "K", "T"] + [f"{name}_{kind}_ms" for name in
+                                  ("fused", "chunked", "materialize", "plain", "fused_launcher")
+                                  for kind in ("eager", "graph")]
+        lines += _table(d["rows"], cols)
+        if d.get("errors"):
+            lines += [f"- error: {e}" for e in d["errors"]] + [""]
+        lines += ["Profile of 10 chunked calls, 4096 x 4096, T = 1:", "", "```",
+                  d["profile_chunked_4096x4096_T1"].strip(), "```", ""]
     suite = out_dir / "suite.json"
     if suite.exists():
         from .results_to_markdown import render as render_suite

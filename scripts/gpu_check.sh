@@ -59,7 +59,7 @@ if [ "$CUDA" = 1 ]; then
 
   step "end-to-end population search on a ~0.5B Llama (64 prompts x 64 new tokens per member)"
   timeout "$(cap 150)" "$PY" -m benchmarks.bench_search_throughput --size 0.5b --members 3 \
-    --population 8 16 --out "$OUT/search.json" || fail "search throughput"
+    --population 8 16 --population-fused 16 --out "$OUT/search.json" || fail "search throughput"
 
   step "benchmark suite (bf16, quick)"
   timeout "$(cap 90)" "$PY" -m benchmarks.run --quick --device cuda --output "$OUT/suite.json" \
@@ -67,7 +67,7 @@ if [ "$CUDA" = 1 ]; then
 else
   step "no CUDA device: micro-benchmarks and suite skipped; search benchmark on a tiny model"
   timeout "$(cap 120)" "$PY" -m benchmarks.bench_search_throughput --size tiny --device cpu \
-    --prompts 4 --new-tokens 4 --members 2 --population 2 --out "$OUT/search.json" \
+    --prompts 4 --new-tokens 4 --members 2 --population 2 --population-fused 2 --out "$OUT/search.json" \
     || fail "search throughput (tiny, CPU)"
 fi
 

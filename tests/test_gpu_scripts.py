@@ -1,0 +1,62 @@
+"""The GPU check's pieces, as far as a CPU runs them: the search-throughput benchmark on a tiny
+model, the report renderer on a committed run, and the scripts' refusal to run without CUDA."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_script_parses():
+    subprocess.run(["bash", "-n", str(ROOT / "scripts" / "gpu_check.sh")], check=True)
+
+
+def test_search_throughput_benchmark_on_a_tiny_model(tmp_path):
+    from benchmarks import bench_search_throughput as bench
+    out = tmp_path / "search.json"
+    assert bench.main(["--size", "tiny", "--device", "cpu", "--prompts", "2", "--new-tokens", "2",
+                       "--members", "2", "--population", "2", "--population-fused", "2",
+                       "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    modes = [r["mode"] for r in result["rows"]]
+    assert modes == ["user_loop", "inplace", "fused", "population-2", "population-2-all-fused"]
+    for row in result["rows"]:
+        assert row["members"] == 2 and row["seconds"] > 0
+        assert row["x_user_loop"] == pytest.approx(
+            row["members_per_s"] / result["rows"][0]["members_per_s"])
+
+
+def test_search_benchmark_user_loop_perturbs_and_restores():
+    """The baseline really perturbs (generation changes) and puts the weights back."""
+    from benchmarks import bench_search_throughput as bench
+    from corp.perturb import state_fingerprint
+    model = bench.build_model("tiny", "cpu", torch.float32)
+    b = bench.SearchBench(model, prompts=2, prompt_len=4, new_tokens=3, sigma=0.5)
+    before, base_out = state_fingerprint(model), b.generate()
+    seen = []
+    original = b.generate
+    b.generate = lambda copies=1: seen.append(original(copies)) or seen[-1]
+    b.user_loop([1])
+    assert state_fingerprint(model) == before
+    assert not torch.equal(seen[0], base_out)  # sigma 0.5 changes greedy tokens of a tiny model
+
+
+def test_gpu_report_renders_a_committed_run():
+    from benchmarks.gpu_report import render
+    text = render(ROOT / "benchmarks" / "results" / "gpu-NVIDIA-H200-run2")
+    for heading in ("## Kernel tests on CUDA", "## perturbed_linear, bf16",
+                    "## Population search, end to end", "eager call vs CUDA-graph replay"):
+        assert heading in text
+    assert "763 passed" in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA refusal")
+@pytest.mark.parametrize("module", ["gpu_microbench", "gpu_linear_graphs"])
+def test_gpu_only_benchmarks_refuse_without_cuda(module, tmp_path):
+    import importlib
+    assert importlib.import_module(f"benchmarks.{module}").main(
+        ["--out", str(tmp_path / "x.json")]) == 2
