@@ -1,4 +1,4 @@
-"""Peak memory and time of consolidation: streaming (corp.streaming) vs. the naive path.
+"""Peak memory and time of consolidation: streaming (corp.scale.streaming) vs. the naive path.
 
 A synthetic Llama-shaped safetensors checkpoint (random weights, sharded) stands in for a model
 larger than the memory budget. The update is K seeded members with weights; both paths build a
@@ -33,7 +33,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from corp.streaming import TensorEntry, parse_bytes, write_streaming  # noqa: E402
+from corp.scale.streaming import TensorEntry, parse_bytes, write_streaming  # noqa: E402
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -101,8 +101,8 @@ import numpy as np, torch
 sys.path.insert(0, sys.argv[1])
 import corp_kernels as ck
 from corp_kernels._memory import peak_rss_bytes
-from corp.perturb import Member, parameter_key
-from corp.population import member_seeds
+from corp.method.perturb import Member, parameter_key
+from corp.method.population import member_seeds
 method, model_dir, out, k, rank, budget = sys.argv[2:8]
 k, rank, budget = int(k), int(rank), int(budget)
 seeds = member_seeds(k, 0)
@@ -114,7 +114,7 @@ ck.weighted_noise_sum((64, 64), [1], [1.0])  # loads the kernels' libraries: par
 floor = peak_rss_bytes()
 t = time.time()
 if method == "streaming":
-    from corp.streaming import consolidate_streaming
+    from corp.scale.streaming import consolidate_streaming
     consolidate_streaming(model_dir, update, names, out, max_rank=rank, max_memory_bytes=budget,
                           merged="lowrank", progress=False)
 else:  # naive: whole model in memory, dense update per layer

@@ -2,7 +2,7 @@
 
 Prints a table of seconds per member (greedy generation of `--new-tokens` tokens for `--prompts`
 prompts) and the ratio against in place, for two model widths. This is the measurement behind
-corp.perturb.Perturber.choose_mode.
+corp.method.perturb.Perturber.choose_mode.
 
     .venv/bin/python -m benchmarks.bench_modes
 """
@@ -16,7 +16,7 @@ import torch
 
 from corp.evaluate import TextEvaluator
 from corp.models import build_tiny_model
-from corp.perturb import Member, PerturbationSpec, Perturber
+from corp.method.perturb import Member, PerturbationSpec, Perturber
 from corp.tasks import AdditionTask
 
 

@@ -59,7 +59,7 @@ class SearchBench:
     """The same prompts, the same perturbed weights and the same token count for every mode."""
 
     def __init__(self, model, prompts: int, prompt_len: int, new_tokens: int, sigma: float):
-        from corp.perturb import PerturbationSpec, Perturber
+        from corp.method.perturb import PerturbationSpec, Perturber
         self.model, self.new_tokens, self.sigma = model, new_tokens, sigma
         self.device = next(model.parameters()).device
         g = torch.Generator().manual_seed(1)
@@ -91,14 +91,14 @@ class SearchBench:
                     p.copy_(saved)
 
     def corp_single(self, seeds: list[int], mode: str) -> None:
-        from corp.perturb import Member
+        from corp.method.perturb import Member
         for seed in seeds:
             with self.perturber.run(Member.single(seed, self.sigma), mode):
                 self.generate()
 
     def corp_population(self, seeds: list[int], size: int, strategy: str | None = None) -> None:
         """`strategy` forces population_linear's strategy (fused or chunked) for the run."""
-        from corp.perturb import Member
+        from corp.method.perturb import Member
         saved = os.environ.get("CORP_KERNELS_LINEAR_STRATEGY")
         if strategy:
             os.environ["CORP_KERNELS_LINEAR_STRATEGY"] = strategy
@@ -114,7 +114,7 @@ class SearchBench:
 
 
 def measure(bench: SearchBench, modes: dict, members: int, device: str) -> list[dict]:
-    from corp.perturb import state_fingerprint
+    from corp.method.perturb import state_fingerprint
     before = state_fingerprint(bench.model)
     rows = []
     for name, run in modes.items():

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 import corp_kernels as ck
-from corp.consolidate import CorpConfig, consolidate, two_pass_weights
+from corp.method.consolidate import CorpConfig, consolidate, two_pass_weights
 from corp.models import build_tiny_model
-from corp.perturb import PerturbationSpec, Perturber, parameter_key, state_fingerprint
-from corp.population import Record, member_seeds, search
+from corp.method.perturb import PerturbationSpec, Perturber, parameter_key, state_fingerprint
+from corp.method.population import Record, member_seeds, search
 from corp_helpers import PLANTED_PARAM, PlantedTask
 
 SIGMA = 0.01

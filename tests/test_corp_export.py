@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from corp.analysis import figure, split_half, table
-from corp.export import apply_factors_, low_rank_factors, write_adapter
+from corp.method.analysis import figure, split_half, table
+from corp.method.export import apply_factors_, low_rank_factors, write_adapter
 from corp.models import build_tiny_model, save_model
-from corp.perturb import Member, PerturbationSpec, Perturber, parameter_key
-from corp.population import member_seeds, search
+from corp.method.perturb import Member, PerturbationSpec, Perturber, parameter_key
+from corp.method.population import member_seeds, search
 from corp_helpers import PLANTED_PARAM, PlantedTask
 
 import corp_kernels as ck

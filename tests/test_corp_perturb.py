@@ -5,7 +5,7 @@ import torch
 
 import corp_kernels as ck
 from corp.models import build_tiny_model
-from corp.perturb import (Member, PerturbationSpec, Perturber, parameter_key,
+from corp.method.perturb import (Member, PerturbationSpec, Perturber, parameter_key,
                           state_fingerprint)
 
 ARCHS = ["llama", "qwen2"]

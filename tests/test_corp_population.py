@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from corp.ensemble import majority_vote, top_k
+from corp.method.ensemble import majority_vote, top_k
 from corp.models import build_tiny_model
-from corp.perturb import PerturbationSpec, Perturber
-from corp.population import PopulationLog, member_seeds, member_sigma, search
+from corp.method.perturb import PerturbationSpec, Perturber
+from corp.method.population import PopulationLog, member_seeds, member_sigma, search
 from corp_helpers import PLANTED_PARAM, PlantedTask
 
 
@@ -91,7 +91,7 @@ def test_majority_vote_and_top_k():
     votes = majority_vote([["1", "2", None], ["3", "2", None], ["3", "4", "5"]])
     assert votes == ["3", "2", "5"]
     assert majority_vote([["a"], ["b"]]) == ["a"]  # tie -> the better-ranked member
-    from corp.population import Record
+    from corp.method.population import Record
     recs = [Record(i, 0.01, r, r, [r], [False]) for i, r in enumerate([0.1, 0.5, 0.5, 0.2])]
     assert [r.seed for r in top_k(recs, 3)] == [1, 2, 3]
     with pytest.raises(ValueError, match="K must be"):

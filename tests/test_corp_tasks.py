@@ -48,9 +48,9 @@ def test_char_codec_round_trip_and_unknown_characters():
 
 # --- the offline tasks of `corp experiment` ---------------------------------------------------
 
-from corp.code_task import CodeTask, extract_code  # noqa: E402
-from corp.math_tasks import CountdownTask, WordProblemTask, final_number, safe_eval  # noqa: E402
-from corp.writing_task import ConstrainedWritingTask  # noqa: E402
+from corp.tasks.coding import CodeTask, extract_code  # noqa: E402
+from corp.tasks.arithmetic import CountdownTask, WordProblemTask, final_number, safe_eval  # noqa: E402
+from corp.tasks.writing import ConstrainedWritingTask  # noqa: E402
 
 
 @pytest.mark.parametrize("task_cls", [WordProblemTask, CountdownTask, CodeTask,

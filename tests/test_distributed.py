@@ -127,7 +127,7 @@ def test_sigkill_of_a_rank_then_restart_gives_the_same_population(setup, tmp_pat
 def test_streaming_consolidation_split_by_layer_across_ranks(setup, tmp_path):
     from safetensors.torch import load_file
 
-    from corp.population import Record, member_seeds
+    from corp.method.population import Record, member_seeds
     names = [f"model.layers.{i}.{m}.weight" for i in range(2)
              for m in ("self_attn.q_proj", "self_attn.o_proj", "mlp.up_proj", "mlp.down_proj")]
     outs = {}

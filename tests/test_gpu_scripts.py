@@ -33,7 +33,7 @@ def test_search_throughput_benchmark_on_a_tiny_model(tmp_path):
 def test_search_benchmark_user_loop_perturbs_and_restores():
     """The baseline really perturbs (generation changes) and puts the weights back."""
     from benchmarks import bench_search_throughput as bench
-    from corp.perturb import state_fingerprint
+    from corp.method.perturb import state_fingerprint
     model = bench.build_model("tiny", "cpu", torch.float32)
     b = bench.SearchBench(model, prompts=2, prompt_len=4, new_tokens=3, sigma=0.5)
     before, base_out = state_fingerprint(model), b.generate()

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from corp.sandbox import run_tests
+from corp.tasks.sandbox import run_tests
 
 TESTS = ["assert f(1) == 2", "assert f(5) == 6"]
 

@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from corp.cli import main as corp_main
-from corp.export import low_rank_factors
+from corp.method.export import low_rank_factors
 from corp.models import build_tiny_model, save_model
-from corp.perturb import Member, PerturbationSpec, Perturber
-from corp.population import Record, member_seeds
-from corp.streaming import (TensorEntry, consolidate_streaming, parse_bytes, read_header,
+from corp.method.perturb import Member, PerturbationSpec, Perturber
+from corp.method.population import Record, member_seeds
+from corp.scale.streaming import (TensorEntry, consolidate_streaming, parse_bytes, read_header,
                             stage1_update, write_streaming)
 
 
@@ -40,12 +40,12 @@ def test_streaming_writer_round_trips_every_dtype(tmp_path):
     src = str(tmp_path / "in.safetensors")
     save_file(tensors, src, metadata={"format": "pt"})
     entries, meta = read_header(src)
-    from corp.streaming import ShardReader
-    import corp.streaming
+    from corp.scale.streaming import ShardReader
+    import corp.scale.streaming
     with ShardReader(src) as reader:
         write_streaming(str(tmp_path / "out.safetensors"), entries, reader.read, meta)
         with pytest.MonkeyPatch.context() as mp:  # chunks smaller than a tensor, as byte views
-            mp.setattr(corp.streaming, "_CHUNK", 5)
+            mp.setattr(corp.scale.streaming, "_CHUNK", 5)
             write_streaming(str(tmp_path / "raw.safetensors"), entries, reader.chunks, meta)
     for out in ("out", "raw"):
         back = load_file(str(tmp_path / f"{out}.safetensors"))
@@ -64,9 +64,9 @@ def block_size(request, monkeypatch):
     """'blocks': merge 3 rows at a time (ragged: 64 % 3 != 0) and copy 1000-byte chunks (not
     page-aligned), so the block and chunk arithmetic is exercised on a tiny model."""
     if request.param == "blocks":
-        import corp.streaming
-        monkeypatch.setattr(corp.streaming, "_MERGE_BLOCK", 3 * 4 * 64)
-        monkeypatch.setattr(corp.streaming, "_CHUNK", 1000)
+        import corp.scale.streaming
+        monkeypatch.setattr(corp.scale.streaming, "_MERGE_BLOCK", 3 * 4 * 64)
+        monkeypatch.setattr(corp.scale.streaming, "_CHUNK", 1000)
     return request.param
 
 
@@ -156,8 +156,8 @@ _PEAK_SCRIPT = r"""
 import json, os, sys
 import corp_kernels, torch
 from corp_kernels._memory import peak_rss_bytes, reset_peak_rss
-from corp.perturb import Member
-from corp.streaming import consolidate_streaming
+from corp.method.perturb import Member
+from corp.scale.streaming import consolidate_streaming
 from safetensors.torch import load_file, save_file
 mode, model_dir, out, names = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 update = Member(tuple(range(1, 5)), (1e-3, -2e-3, 3e-3, 1e-3))

@@ -24,8 +24,8 @@ import os
 
 import torch
 
-from .perturb import Member
-from .population import PopulationLog, Record, iter_member_scores, member_sigma, read_log
+from ..method.perturb import Member
+from ..method.population import PopulationLog, Record, iter_member_scores, member_sigma, read_log
 
 log = logging.getLogger("corp")
 

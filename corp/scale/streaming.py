@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 
 import corp_kernels as ck
 
-from .export import LayerFactors, layer_factors, write_adapter
-from .perturb import Member, parameter_key
+from ..method.export import LayerFactors, layer_factors, write_adapter
+from ..method.perturb import Member, parameter_key
 
 log = logging.getLogger("corp")
 
@@ -317,7 +317,7 @@ def parse_bytes(text: str | int | None) -> int | None:
 
 def read_population(log_path: str):
     """(header, records) of a population log, without a model (read-only)."""
-    from .population import read_log
+    from ..method.population import read_log
     header, records, _ = read_log(log_path)  # a truncated last line is left out
     if header is None:
         raise ValueError(f"{log_path} is empty: run `corp search` first")
@@ -329,8 +329,8 @@ def stage1_update(model_dir: str, records, names, q: float = 0.5, beta: float = 
     """CoRP's two-pass merge at a fixed (q, beta, alpha), from seeds and rewards alone: the exact
     Gram streams over the parameters' shapes, read from the safetensors headers. No gate (that
     needs the model evaluated): gate it with `corp eval` on the merged checkpoint."""
-    from .consolidate import as_member, named_shapes_gram, stage1_coefficients
-    from .population import check_rewards
+    from ..method.consolidate import as_member, named_shapes_gram, stage1_coefficients
+    from ..method.population import check_rewards
     check_rewards(records)
     shapes = {}
     for path in model_files(model_dir):

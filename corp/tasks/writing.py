@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import re
 
-from .tasks import Example, GeneratedTask
+from .base import Example, GeneratedTask
 
 _TOPICS = ["a lighthouse", "a lost cat", "the first snow", "a rainy market", "an old map",
            "a night train", "a garden robot", "a quiet library", "a broken clock", "the sea",

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 import torch
 
-from .evaluate import left_pad
+from ..evaluate import left_pad
 
 log = logging.getLogger("corp")
 

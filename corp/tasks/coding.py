@@ -1,4 +1,4 @@
-"""Code task: small Python functions checked by unit tests, executed in `corp.sandbox`.
+"""Code task: small Python functions checked by unit tests, executed in `corp.tasks.sandbox`.
 
 Reward = fraction of the example's tests that pass (0 for no code, a crash, a timeout or a policy
 violation). Problems come from families of one-line specifications with a parameter, so the pool
@@ -12,7 +12,7 @@ import random
 import re
 
 from .sandbox import run_tests
-from .tasks import Example, GeneratedTask
+from .base import Example, GeneratedTask
 
 # (function name, argument name, specification with {k}, reference(k) -> function, test inputs)
 _FAMILIES = [

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from .evaluate import Scores
+from ..evaluate import Scores
 from .perturb import Member, Perturber
 
 log = logging.getLogger("corp")

@@ -12,7 +12,7 @@ import random
 import re
 from fractions import Fraction
 
-from .tasks import Example, GeneratedTask
+from .base import Example, GeneratedTask
 
 _NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
 _MARKED = re.compile(r"(?:answer(?: is)?\s*[:=]?|####|\\boxed\{)\s*\$?\s*(" + _NUMBER + ")",

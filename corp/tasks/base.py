@@ -1,15 +1,14 @@
-"""Tasks: fixed splits of prompts with a documented reward, offline.
+"""What a task is: fixed splits of prompts with a documented reward, offline.
 
 A task is an object with `name`, `max_new_tokens`, `splits()` -> {"train", "val", "test"} lists of
 `Example`, `parse(completion)` -> the final answer (or None) and `score(answer, example)` -> reward
 in [0, 1]. Correctness (the accuracy reported beside the mean reward) is `score == 1`. Voting
-uses `parse`. Add a task by writing one file that defines `TASK = MyTask(...)` and pass its path
-as `--task path/to/file.py`.
+uses `parse`. Here: the `Example` record, `GeneratedTask` (splits cut from a deterministic pool)
+and the addition task of the built-in tiny model; the other families have a module each.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import re
 from dataclasses import dataclass, field
@@ -87,29 +86,3 @@ class AdditionTask(GeneratedTask):
         target = example.answer
         right = sum(a == b for a, b in zip(reversed(answer), reversed(target)))
         return 0.5 * right / max(len(target), len(answer))
-
-
-def _builtin_tasks() -> dict:
-    from .code_task import CodeTask
-    from .math_tasks import CountdownTask, WordProblemTask
-    from .writing_task import ConstrainedWritingTask
-    return {"add": AdditionTask, "math": WordProblemTask, "countdown": CountdownTask,
-            "code": CodeTask, "writing": ConstrainedWritingTask}
-
-
-def load_task(spec: str, **kwargs):
-    """A built-in task by name, or the TASK object of a Python file."""
-    if spec.endswith(".py"):
-        module_spec = importlib.util.spec_from_file_location("corp_user_task", spec)
-        if module_spec is None:
-            raise ValueError(f"cannot load task file {spec!r}")
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        if not hasattr(module, "TASK"):
-            raise ValueError(f"task file {spec!r} must define TASK = <task object>")
-        return module.TASK
-    builtin = _builtin_tasks()
-    if spec not in builtin:
-        raise ValueError(f"unknown task {spec!r}; built-in tasks: {sorted(builtin)}, or a "
-                         f"path to a .py file defining TASK")
-    return builtin[spec](**kwargs)

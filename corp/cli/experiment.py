@@ -24,7 +24,7 @@ log = logging.getLogger("corp")
 
 
 def _interval(values) -> list[float]:
-    from .cli import bootstrap_ci
+    from .stats import bootstrap_ci
     return bootstrap_ci(np.asarray(values, dtype=float))
 
 
@@ -43,11 +43,11 @@ def _timed(fn, *args, **kwargs):
 
 
 def run_task(s) -> tuple[list[dict], list]:
-    from .analysis import split_half
-    from .consolidate import CorpConfig, consolidate
+    from ..method.analysis import split_half
+    from ..method.consolidate import CorpConfig, consolidate
+    from ..method.ensemble import top_k, vote_scores
+    from ..method.population import iter_member_scores, member_seeds, search
     from .gradient import reward_weighted_finetune
-    from .population import iter_member_scores, member_seeds, search
-    from .ensemble import top_k, vote_scores
     cfg, task = s.cfg, s.task.name
     n, k = cfg["population"], cfg["top_k"]
     n_corp = cfg["corp_population"] or max(4, n // 10)
@@ -168,7 +168,7 @@ def figure(rows: list[dict], path: str) -> str:
 
 
 def run_experiment(cfg: dict, reproduce: str) -> dict:
-    from .cli import Session
+    from .session import Session
     results_dir = cfg["results_dir"]
     os.makedirs(results_dir, exist_ok=True)
     name = cfg["experiment_name"]
@@ -189,7 +189,7 @@ def run_experiment(cfg: dict, reproduce: str) -> dict:
 
 
 def _write(cfg, name, results_dir, rows, analysis, summaries, seconds) -> None:
-    from . import analysis as split
+    from ..method import analysis as split
     import platform
     import torch
     md = [f"# Experiment `{name}`", "",

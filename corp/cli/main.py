@@ -1,0 +1,69 @@
+"""`corp` command line: search, consolidate, ensemble, eval, analyze, run (all of them) and
+experiment.
+
+Options come from defaults, then a YAML file (--config; keys are the option names with
+underscores), then flags. Every command writes its resolved config and its results into
+--output-dir, so any number in a results table can be traced to the run that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import yaml
+
+from .commands import COMMANDS, HELP, cmd_consolidate_streaming, cmd_experiment
+from .config import add_options, resolve_config
+from .session import Session
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="corp", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in HELP:
+        add_options(sub.add_parser(name, help=HELP[name], description=HELP[name]))
+    args = parser.parse_args(argv)
+    cfg = resolve_config(args)
+    logging.basicConfig(level=getattr(logging, str(cfg["log_level"]).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    from ..scale.distributed import init_from_env
+    streaming = args.command == "consolidate" and cfg["streaming"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (args.command == "search" or
+                                                           streaming):
+        raise SystemExit(f"corp: `{args.command}` does not run distributed; under torchrun use "
+                         f"`corp search` or `corp consolidate --streaming`")
+    rank, world = init_from_env(cfg["device"])
+    cfg["_rank"], cfg["_world"] = rank, world
+    if streaming:
+        os.makedirs(cfg["output_dir"], exist_ok=True)
+        cmd_consolidate_streaming(cfg)
+        if world > 1:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+        return 0
+    if args.command == "experiment":  # one Session per task, each with its own output folder
+        os.makedirs(cfg["output_dir"], exist_ok=True)
+        with open(os.path.join(cfg["output_dir"], "config-experiment.yaml"), "w") as f:
+            yaml.safe_dump({k: v for k, v in cfg.items() if not k.startswith("_")}, f,
+                           sort_keys=True)
+        cmd_experiment(cfg, args.config)
+        return 0
+    if world > 1 and rank != 0:  # rank 0 builds (and caches) a built-in model first
+        import torch.distributed as dist
+        dist.barrier()
+    session = Session(cfg)
+    if world > 1 and rank == 0:
+        import torch.distributed as dist
+        dist.barrier()
+    if rank == 0:
+        with open(session.path(f"config-{args.command}.yaml"), "w") as f:
+            yaml.safe_dump({k: v for k, v in cfg.items() if not k.startswith("_")}, f,
+                           sort_keys=True)
+    COMMANDS[args.command](session)
+    if world > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    return 0

@@ -1,0 +1,75 @@
+"""One command's working set: model, task, evaluator and perturber, built from the config."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+class Session:
+    """Model, task, evaluator and perturber for one command, built from the config."""
+
+    def __init__(self, cfg: dict):
+        from ..builtin import DEFAULT_MODEL, SMOLLM2_MODEL, builtin_model, smollm2_dir
+        from ..evaluate import TextEvaluator
+        from ..method.perturb import PerturbationSpec, Perturber
+        from ..models import load_model
+        from ..tasks import load_task
+        self.cfg, self.out = cfg, cfg["output_dir"]
+        os.makedirs(self.out, exist_ok=True)
+        self.task = load_task(cfg["task"])
+        self.splits = self.task.splits()
+        if cfg["model"] == DEFAULT_MODEL:
+            self.loaded = builtin_model(os.path.join(self.out, "base-model"), self.task,
+                                        steps=cfg["builtin_steps"])
+        elif cfg["model"] == SMOLLM2_MODEL:
+            self.loaded = load_model(smollm2_dir(), getattr(torch, cfg["dtype"]), cfg["device"])
+            self.loaded.source = SMOLLM2_MODEL
+        elif cfg["model"].startswith("builtin:"):
+            raise SystemExit(f"corp: unknown built-in model {cfg['model']!r}; built-ins are "
+                             f"{DEFAULT_MODEL} and {SMOLLM2_MODEL}")
+        else:
+            self.loaded = load_model(cfg["model"], getattr(torch, cfg["dtype"]), cfg["device"])
+        self.model = self.loaded.model
+        self.evaluator = TextEvaluator(self.task, self.loaded.codec, cfg["batch_size"])
+        self.spec = PerturbationSpec(
+            sigma=float(np.median(cfg["sigmas"])), include_embeddings=cfg["include_embeddings"],
+            include_norms=cfg["include_norms"], include_lm_head=cfg["include_lm_head"],
+            parameters=tuple(cfg["parameters"]) if cfg["parameters"] else None)
+        self.perturber = Perturber(self.model, self.spec)
+        self.header = {"model": self.loaded.source, "task": self.task.name,
+                       "train": [e.prompt for e in self.splits["train"]],
+                       "parameters": [n for n, _ in self.perturber.params],
+                       "sigmas": list(cfg["sigmas"]), "population_seed": cfg["population_seed"]}
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.out, name)
+
+    def write_json(self, name: str, obj) -> None:
+        with open(self.path(name), "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+
+    def population(self, search_missing: bool = True):
+        from ..method.population import PopulationLog, member_seeds, search
+        seeds = member_seeds(self.cfg["population"], self.cfg["population_seed"])
+        if search_missing and self.cfg.get("_world", 1) > 1:
+            from ..scale.distributed import distributed_search
+            return distributed_search(self.perturber, self.evaluator, self.splits["train"],
+                                      seeds, self.cfg["sigmas"], self.out, self.header,
+                                      self.cfg["mode"], self.cfg["population_batch"],
+                                      self.cfg["progress"])
+        if search_missing:
+            return search(self.perturber, self.evaluator, self.splits["train"], seeds,
+                          self.cfg["sigmas"], self.path("population.jsonl"), self.header,
+                          self.cfg["mode"], self.cfg["population_batch"], self.cfg["progress"])
+        records = PopulationLog(self.path("population.jsonl"), self.header).records
+        missing = [s for s in seeds if s not in records]
+        if missing:
+            raise SystemExit(f"corp: {len(missing)} of {len(seeds)} members are not in "
+                             f"{self.path('population.jsonl')}; run `corp search` first")
+        return [records[s] for s in seeds]
+
+    def scores(self, split: str):
+        return self.evaluator(self.model, self.splits[split])
