@@ -155,3 +155,15 @@ def test_fused_modes_refuse_what_they_cannot_run():
     assert pert.choose_mode(1, 8, single_seed=False) == "inplace"
     with pytest.raises(ValueError, match="coeffs"):
         Member((1, 2), (0.1,))
+
+
+def test_choose_mode_by_device_and_size(monkeypatch):
+    small = Perturber(build_tiny_model("llama", hidden=64, layers=2).model, PerturbationSpec())
+    large = Perturber(build_tiny_model("llama", hidden=512, layers=4).model, PerturbationSpec())
+    assert small.choose_mode(16, 8) == "population"  # 74k weights x 16 <= 8M
+    assert large.choose_mode(16, 8) == "inplace"  # 9.4M weights: population lost on the CPU
+    assert large.choose_mode(1, 1) == "fused"
+    monkeypatch.setattr(Perturber, "on_cuda", lambda self: True)
+    assert large.choose_mode(16, 8) == "population"  # on a GPU it won at 0.44B
+    assert large.choose_mode(1, 8) == "inplace"
+    assert large.choose_mode(16, 8, single_seed=False) == "inplace"

@@ -146,15 +146,20 @@ class Perturber:
 
     # -- choosing ---------------------------------------------------------------------------------
 
+    def on_cuda(self) -> bool:
+        return self.params[0][1].is_cuda
+
     def choose_mode(self, member_count: int, forward_calls: int, single_seed: bool = True) -> str:
         """inplace generates each member's noise once; fused/population regenerate it in every
-        forward call but touch no weights and batch members. Rule (documented, measured in
-        benchmarks/bench_modes.py): population when several single-seed members run together on
-        a small model (per-step overhead dominates there), fused for a single forward pass,
-        inplace otherwise."""
+        forward call but touch no weights and batch members. Rule (documented, measured):
+        population when several single-seed members run together, on the CPU only for a small
+        model (per-step overhead dominates there; benchmarks/bench_modes.py), on CUDA at any size
+        (0.44B Llama on an H200, 64 prompts x 64 new tokens: population of 16 members gave 3.35-3.5
+        members/s against 0.78-0.98 in place; benchmarks/results/gpu-NVIDIA-H200.md); fused for a
+        single forward pass; inplace otherwise."""
         if not (self.fusable and single_seed):
             mode = "inplace"
-        elif member_count > 1 and self.numel * member_count <= 8_000_000:
+        elif member_count > 1 and (self.on_cuda() or self.numel * member_count <= 8_000_000):
             mode = "population"
         elif forward_calls <= 1:
             mode = "fused"
