@@ -21,8 +21,8 @@ user loop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import platform
 import sys
 import time
@@ -99,18 +99,12 @@ class SearchBench:
     def corp_population(self, seeds: list[int], size: int, strategy: str | None = None) -> None:
         """`strategy` forces population_linear's strategy (fused or chunked) for the run."""
         from corp.method.perturb import Member
-        saved = os.environ.get("CORP_KERNELS_LINEAR_STRATEGY")
-        if strategy:
-            os.environ["CORP_KERNELS_LINEAR_STRATEGY"] = strategy
-        try:
+        from corp_kernels._chunked import strategy_forced
+        with strategy_forced(strategy) if strategy else contextlib.nullcontext():
             for start in range(0, len(seeds), size):
                 members = [Member.single(s, self.sigma) for s in seeds[start:start + size]]
                 with self.perturber.population(members):
                     self.generate(len(members))
-        finally:
-            os.environ.pop("CORP_KERNELS_LINEAR_STRATEGY", None)
-            if saved is not None:
-                os.environ["CORP_KERNELS_LINEAR_STRATEGY"] = saved
 
 
 def measure(bench: SearchBench, modes: dict, members: int, device: str) -> list[dict]:

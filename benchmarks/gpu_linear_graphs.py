@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
+from .gpu_microbench import bench_ms as _bench_ms
+from .gpu_microbench import materialize_then_linear, with_strategy
+
 
 def bench_ms(fn) -> float:
-    import triton.testing
-    return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
+    return _bench_ms(fn, rep_ms=40)
 
 
 def graph_of(fn):
@@ -39,16 +40,6 @@ def graph_of(fn):
     return graph.replay
 
 
-def with_strategy(strategy, fn):
-    def run():
-        os.environ["CORP_KERNELS_LINEAR_STRATEGY"] = strategy
-        try:
-            return fn()
-        finally:
-            del os.environ["CORP_KERNELS_LINEAR_STRATEGY"]
-    return run
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -63,18 +54,13 @@ def main(argv=None) -> int:
         w = torch.randn(n_out, n_in, device="cuda", dtype=torch.bfloat16) / n_in ** 0.5
         for t in (1, 16, 64, 512, 2048):
             x = torch.randn(t, n_in, device="cuda", dtype=torch.bfloat16)
-
-            def materialize():
-                w_eff = w.clone()
-                ck.add_noise_(w_eff, 11, 1e-3)
-                return F.linear(x, w_eff)
             fns = {
                 "fused": with_strategy("fused", lambda: ck.perturbed_linear(x, w, None, 11, 1e-3)),
                 "chunked": with_strategy("chunked",
                                          lambda: ck.perturbed_linear(x, w, None, 11, 1e-3)),
                 # The launcher alone, without the public op's checks and dispatch.
                 "fused_launcher": lambda: tpl.perturbed_linear(x, w, None, 11, 1e-3, 0, "fused"),
-                "materialize": materialize,
+                "materialize": lambda: materialize_then_linear(x, w, 11, 1e-3),
                 "plain": lambda: F.linear(x, w),
             }
             row = {"N": n_out, "K": n_in, "T": t}

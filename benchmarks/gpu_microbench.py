@@ -135,7 +135,7 @@ def weighted_noise_sum(quick: bool):
     return rows
 
 
-def _materialize(x, w, seed, sigma):
+def materialize_then_linear(x, w, seed, sigma):
     """What a user would write: W + sigma * eps in a fresh tensor, then cuBLAS."""
     import corp_kernels as ck
     w_eff = w.clone()
@@ -143,28 +143,24 @@ def _materialize(x, w, seed, sigma):
     return F.linear(x, w_eff)
 
 
-def _with_strategy(strategy, fn):
+def with_strategy(strategy, fn):
     """fn run under CORP_KERNELS_LINEAR_STRATEGY=strategy (None: the dispatcher's rule)."""
-    import os
+    from corp_kernels._chunked import strategy_forced
 
     def run():
-        saved = os.environ.pop("CORP_KERNELS_LINEAR_STRATEGY", None)
-        if strategy:
-            os.environ["CORP_KERNELS_LINEAR_STRATEGY"] = strategy
-        try:
+        with strategy_forced(strategy):
             return fn()
-        finally:
-            os.environ.pop("CORP_KERNELS_LINEAR_STRATEGY", None)
-            if saved is not None:
-                os.environ["CORP_KERNELS_LINEAR_STRATEGY"] = saved
     return run
 
 
 def _strategies(fn) -> dict:
-    """Milliseconds of fn under the dispatcher's rule and under each strategy forced."""
-    return {"default_ms": bench_ms(_with_strategy(None, fn)),
-            "fused_ms": bench_ms(_with_strategy("fused", fn)),
-            "chunked_ms": bench_ms(_with_strategy("chunked", fn))}
+    """Milliseconds of fn under the dispatcher's rule and under each strategy forced, and which
+    forced strategy was faster."""
+    times = {"default_ms": bench_ms(with_strategy(None, fn)),
+             "fused_ms": bench_ms(with_strategy("fused", fn)),
+             "chunked_ms": bench_ms(with_strategy("chunked", fn))}
+    times["best"] = "fused" if times["fused_ms"] < times["chunked_ms"] else "chunked"
+    return times
 
 
 @section("perturbed_linear")
@@ -182,12 +178,11 @@ def perturbed_linear(quick: bool):
             x = torch.randn(t, n_in, device="cuda", dtype=torch.bfloat16)
             row = {"N": n_out, "K": n_in, "T": t,
                    **_strategies(lambda: ck.perturbed_linear(x, w, None, 11, 1e-3)),
-                   "materialize_ms": bench_ms(lambda: _materialize(x, w, 11, 1e-3)),
+                   "materialize_ms": bench_ms(lambda: materialize_then_linear(x, w, 11, 1e-3)),
                    "plain_ms": bench_ms(lambda: F.linear(x, w))}
             row["default_vs_materialize"] = row["materialize_ms"] / row["default_ms"]
             row["fused_vs_materialize"] = row["materialize_ms"] / row["fused_ms"]
             row["default_over_plain"] = row["default_ms"] / row["plain_ms"]
-            row["best"] = "fused" if row["fused_ms"] < row["chunked_ms"] else "chunked"
             rows.append(row)
     return rows
 
@@ -204,13 +199,12 @@ def population_linear(quick: bool):
                 seeds, sigmas = list(range(p)), [1e-3] * p
 
                 def sequential():
-                    return [_materialize(x[i], w, seeds[i], 1e-3) for i in range(p)]
+                    return [materialize_then_linear(x[i], w, seeds[i], 1e-3) for i in range(p)]
                 row = {"N": n_out, "K": n_in, "P": p, "T": t,
                        **_strategies(lambda: ck.population_linear(x, w, None, seeds, sigmas)),
                        "sequential_materialized_ms": bench_ms(sequential),
                        "plain_shared_W_ms": bench_ms(lambda: F.linear(x.reshape(p * t, n_in), w))}
                 row["speedup_vs_sequential"] = row["sequential_materialized_ms"] / row["default_ms"]
-                row["best"] = "fused" if row["fused_ms"] < row["chunked_ms"] else "chunked"
                 rows.append(row)
     return rows
 

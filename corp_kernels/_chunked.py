@@ -13,6 +13,7 @@ at stream positions offset.., rounded once to out's dtype.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 
@@ -31,6 +32,23 @@ def forced_strategy() -> str | None:
     if forced not in STRATEGIES:
         raise ValueError(f"{STRATEGY_ENV} must be one of {STRATEGIES}, got {forced!r}")
     return forced
+
+
+@contextlib.contextmanager
+def strategy_forced(strategy: str | None):
+    """Run a block under CORP_KERNELS_LINEAR_STRATEGY=strategy (None: the dispatchers' own rules),
+    then restore whatever was set before: for benchmarks that compare the strategies."""
+    if strategy is not None and strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be None or one of {STRATEGIES}, got {strategy!r}")
+    saved = os.environ.pop(STRATEGY_ENV, None)
+    if strategy is not None:
+        os.environ[STRATEGY_ENV] = strategy
+    try:
+        yield
+    finally:
+        os.environ.pop(STRATEGY_ENV, None)
+        if saved is not None:
+            os.environ[STRATEGY_ENV] = saved
 
 
 def chunk_rows(n_rows: int, n_cols: int, element_size: int, chunk_bytes: int, align: int) -> int:
@@ -62,18 +80,18 @@ def chunked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         bias = bias.to(dtype) if bias is not None else None
     rows = chunk_rows(N, K, torch.finfo(dtype).bits // 8, chunk_bytes, align)
     buffer = torch.empty((rows, K), dtype=dtype, device=weight.device)
+    if rows == N and not population:
+        # One chunk, one member: F.linear, whose CPU path (oneDNN) beat torch.mm into a view
+        # by 5-8% at 1024 x 576 x 576.
+        perturbed_copy(buffer, weight, int(seeds[0]), float(sigmas[0]), offset)
+        y = torch.nn.functional.linear(x, buffer, bias)
+        return y if y.dtype == out_dtype else y.to(out_dtype)
     members = x.shape[0] if population else 1
     y = torch.empty((*x.shape[:-1], N), dtype=dtype, device=x.device)
     for p in range(members):
         seed, sigma = int(seeds[p]), float(sigmas[p])
         x2 = (x[p] if population else x).reshape(-1, K)
         y2 = (y[p] if population else y).view(-1, N)
-        if rows == N and not population:
-            # One chunk, one member: F.linear, whose CPU path (oneDNN) beat torch.mm into a view
-            # by 5-8% at 1024 x 576 x 576.
-            perturbed_copy(buffer, weight, seed, sigma, offset)
-            y = torch.nn.functional.linear(x, buffer, bias)
-            break
         for n0 in range(0, N, rows):
             n1 = min(N, n0 + rows)
             block = buffer[:n1 - n0]

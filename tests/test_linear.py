@@ -301,3 +301,17 @@ def test_cpp_rule_counts_tokens_per_member(monkeypatch, tokens, members, expecte
     else:
         ck.population_linear(x, w, None, [1, 2], 0.1, backend="cpp")
     assert taken == ([] if expected == "fused" else ["chunked"])
+
+
+def test_strategy_forced_sets_and_restores_the_override(monkeypatch):
+    from corp_kernels._chunked import forced_strategy, strategy_forced
+    monkeypatch.setenv("CORP_KERNELS_LINEAR_STRATEGY", "chunked")
+    with strategy_forced("fused"):
+        assert forced_strategy() == "fused"
+    assert forced_strategy() == "chunked"
+    with strategy_forced(None):  # the dispatchers' own rules
+        assert forced_strategy() is None
+    assert forced_strategy() == "chunked"
+    with pytest.raises(ValueError, match="strategy"):
+        with strategy_forced("fast"):
+            pass

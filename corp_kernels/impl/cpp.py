@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .._chunked import chunked_linear, forced_strategy
+
 
 def _ops():
     return torch.ops.corp_cpu
@@ -38,7 +40,6 @@ CHUNK_BYTES = 4 << 20
 
 
 def choose_strategy(tokens: int) -> str:
-    from .._chunked import forced_strategy
     return forced_strategy() or ("chunked" if tokens >= CHUNKED_MIN_TOKENS else "fused")
 
 
@@ -47,7 +48,6 @@ def _perturbed_copy(out, src, seed, sigma, offset):
 
 
 def _chunked(x, weight, bias, seeds, sigmas, offset, population):
-    from .._chunked import chunked_linear
     # float32 blocks and products, as in the C++ kernel: fp16/bf16 inputs are rounded once, at
     # the output, whichever strategy ran.
     return chunked_linear(x, weight, bias, seeds, sigmas, offset, _perturbed_copy, CHUNK_BYTES,
