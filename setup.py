@@ -18,16 +18,16 @@ SKIP_NATIVE = os.environ.get("CORP_KERNELS_SKIP_NATIVE", "0") == "1"
 
 
 def cpu_flags():
-    """Vector ISA flags for the machine that builds (and will run) the extension."""
-    flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-std=c++17"]
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpuinfo = f.read().split()
-    except OSError:
-        cpuinfo = []
-    if "avx2" in cpuinfo and "fma" in cpuinfo:
-        flags += ["-mavx2", "-mfma"]
-    return flags
+    """Compiler flags of the C++ extension: baseline x86-64 for the whole library.
+
+    No -mavx2/-march here: a wheel, venv or image built on one machine must import on an older one
+    (with -mavx2 the op registration itself contained AVX2 code and died with SIGILL). The AVX2 noise
+    generator lives in csrc/cpu/normals_avx2.cpp, compiled for AVX2 by a pragma in that file alone
+    and chosen at run time. -ffp-contract=off: GCC would otherwise fuse multiply-adds into FMA
+    where the target has it, and the noise would depend on the build (1% of normals differed).
+    """
+    return ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
+            "-std=c++17"]
 
 
 def native_extensions():
@@ -42,7 +42,8 @@ def native_extensions():
     extensions = [
         CppExtension(
             "corp_kernels._C",
-            ["csrc/cpu/noise_ops.cpp", "csrc/cpu/module.cpp"],
+            ["csrc/cpu/noise_ops.cpp", "csrc/cpu/normals_portable.cpp", "csrc/cpu/normals_avx2.cpp",
+             "csrc/cpu/normals_dispatch.cpp", "csrc/cpu/module.cpp"],
             extra_compile_args={"cxx": cpu_flags()},
             extra_link_args=["-fopenmp"],
         )

@@ -51,7 +51,10 @@ def _probe(name: str) -> BackendStatus:
     if name == "cpp":
         error = _load_native("corp_kernels._C")
         if error is None:
-            return BackendStatus(name, True, "C++/OpenMP extension; CPU tensors")
+            # Which CPU noise generator runs (AVX2 or portable, chosen at run time) and why.
+            isa = torch.ops.corp_cpu.cpu_isa()
+            return BackendStatus(name, True, f"C++/OpenMP extension; CPU tensors; noise generator: "
+                                 f"{isa}")
         return BackendStatus(name, False, f"C++ extension corp_kernels._C did not load ({error}); "
                              "rebuild with `pip install -e . --no-build-isolation`")
     if name == "triton":

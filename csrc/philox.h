@@ -11,7 +11,11 @@
 #if defined(__CUDACC__)
 #define CORP_HD __host__ __device__ __forceinline__
 #else
-#define CORP_HD inline
+// static: each translation unit keeps its own copy. The CPU generator is compiled once for
+// baseline x86-64 and once for AVX2 (cpu/normals_avx2.cpp); with plain `inline` the linker would
+// keep one copy of, say, box_muller for both, possibly the AVX2 one, and a CPU without AVX2 would
+// die with SIGILL in baseline code.
+#define CORP_HD static inline
 #endif
 
 namespace corp {

@@ -1,14 +1,21 @@
 // CPU (OpenMP) kernels of corp-kernels, registered as torch ops in the `corp_cpu` namespace.
 //
-// Python validates every argument (corp_kernels/_validation.py) before calling these, so the
-// checks here are only the ones that guard memory safety. Seeds and stream positions arrive as
-// int64 carrying the bits of an unsigned 64-bit value.
+// Python validates every argument (corp_kernels/_validation.py) with messages for users; the ops
+// here still check everything they read (shapes, lengths of seeds and sigmas, dtypes), so calling
+// torch.ops.corp_cpu.* directly raises an error instead of reading out of bounds or dividing by
+// zero. Seeds and stream positions arrive as int64 carrying the bits of an unsigned 64-bit value.
+//
+// Every op gives bitwise the same result for any thread count: work is split by shape, never by
+// the number of threads, and reductions add their parts in a fixed order (FixedOrderSlots).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <string>
+#include <type_traits>
 
+#include "../philox.h"
 #include "noise_stream.h"
 
 namespace corp {
@@ -29,8 +36,11 @@ int64_t panel_rows(int64_t rows, int64_t cols) {
 
 // Panel rows for a product with `tokens` columns: every panel's GEMM streams all of x^T, so with
 // many tokens small panels starve the BLAS. Grow the panel with the token count (up to
-// kMaxPanelFloats, 4 MiB), and split the rows evenly over the threads.
+// kMaxPanelFloats, 4 MiB), and make the panel count a multiple of kPanelCountMultiple so that the
+// rows split evenly over 1, 2, 3, 4, 6, 8, 12 or 24 threads. The split depends on the shape only:
+// the same rows go through the same GEMM whatever the thread count, so results are bitwise equal.
 constexpr int64_t kMaxPanelFloats = 1 << 20;
+constexpr int64_t kPanelCountMultiple = 24;
 constexpr int64_t kTokensPerPanelStep = 32;
 // From this many tokens on, perturbed_panels switches to big sequential panels.
 constexpr int64_t kManyTokens = 128;
@@ -39,10 +49,10 @@ int64_t linear_panel_rows(int64_t rows, int64_t cols, int64_t tokens) {
   const int64_t scale = std::max<int64_t>(1, tokens / kTokensPerPanelStep);
   const int64_t floats = std::min<int64_t>(kMaxPanelFloats, kPanelFloats * scale);
   const int64_t max_rows = std::max<int64_t>(1, floats / std::max<int64_t>(cols, 1));
-  // Balance: a panel count that is a multiple of the thread count, panels of equal height.
-  const int64_t threads = at::get_num_threads();
   int64_t panels = (rows + max_rows - 1) / max_rows;
-  panels = std::min<int64_t>(rows, (panels + threads - 1) / threads * threads);
+  panels = std::min<int64_t>(
+      rows, (panels + kPanelCountMultiple - 1) / kPanelCountMultiple * kPanelCountMultiple);
+  panels = std::max<int64_t>(1, panels);  // rows == 0: one empty panel, never a division by zero
   return std::max<int64_t>(1, (rows + panels - 1) / panels);
 }
 
@@ -51,16 +61,76 @@ float to_float(scalar_t v) {
   return static_cast<float>(v);
 }
 
-// buf[i] = float(w[i]) + sigma * noise(position + i) for i in [0, n).
+// A sum over work items [0, items) that gives the same bits for any thread count: the items are
+// cut into `count` contiguous groups by the shape alone; group g is accumulated in item order into
+// slot g (by whichever thread runs it), and the slots are then added in order 0, 1, 2, ...
+// Summing per-thread partials instead (the obvious way) makes the result depend on how the work
+// was split: 1 vs 2 threads differed by up to 7.6e-6 on values ~67 in noise_sketch(left).
+struct FixedOrderSlots {
+  int64_t count;
+  int64_t items;
+  // At most max_slots groups, and at most budget_bytes of slots (but always at least one).
+  FixedOrderSlots(int64_t items_, int64_t slot_bytes, int64_t max_slots, int64_t budget_bytes)
+      : items(items_) {
+    const int64_t by_memory = std::max<int64_t>(1, budget_bytes / std::max<int64_t>(slot_bytes, 1));
+    count = std::max<int64_t>(1, std::min({items_, max_slots, by_memory}));
+  }
+  int64_t begin(int64_t slot) const { return slot * items / count; }
+  int64_t end(int64_t slot) const { return (slot + 1) * items / count; }
+  // slots: [count, ...] contiguous float or double; returns slots[0] + slots[1] + ... added left
+  // to right, element by element, in one parallel pass (one add_ per slot would open a parallel
+  // region per slot, each costing a scheduler wake-up on a loaded machine).
+  static at::Tensor sum_in_order(const at::Tensor& slots) {
+    auto total = at::empty(slots.sizes().slice(1), slots.options());
+    const int64_t count = slots.size(0), n = total.numel();
+    AT_DISPATCH_FLOATING_TYPES(slots.scalar_type(), "sum_in_order", [&] {
+      const scalar_t* src = slots.data_ptr<scalar_t>();
+      scalar_t* dst = total.data_ptr<scalar_t>();
+      at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          scalar_t acc = src[i];
+          for (int64_t g = 1; g < count; ++g) acc += src[g * n + i];
+          dst[i] = acc;
+        }
+      });
+    });
+    return total;
+  }
+};
+constexpr int64_t kMaxReduceSlots = 32;
+constexpr int64_t kReduceBudgetBytes = 32 << 20;
+
+bool is_float_dtype(const at::Tensor& t) { return at::isFloatingType(t.scalar_type()); }
+
+// seeds and a per-seed float vector, both 1-D of one length (>= 1 unless allow_empty).
+void check_seed_vector(const char* op, const at::Tensor& seeds, const at::Tensor& values,
+                       const char* values_name, int64_t expected) {
+  TORCH_CHECK(seeds.dim() == 1, op, ": seeds must be 1-D, got ", seeds.sizes());
+  TORCH_CHECK(values.dim() <= 1, op, ": ", values_name, " must be 1-D, got ", values.sizes());
+  TORCH_CHECK(seeds.numel() == expected, op, ": seeds has ", seeds.numel(), " entries, expected ",
+              expected);
+  TORCH_CHECK(values.numel() == expected, op, ": ", values_name, " has ", values.numel(),
+              " entries, expected ", expected);
+}
+
+// buf[i] = float(w[i]) + sigma * noise(position + i) for i in [0, n). float32 and bfloat16 weights
+// use the kernels compiled for this CPU's instruction set; fp16 and fp64 a baseline sink.
 template <class scalar_t>
 void perturbed_into(const scalar_t* w, uint64_t position, int64_t n, uint32_t k0, uint32_t k1,
                     float sigma, float* buf) {
-  for_each_noise_piece(position, n, k0, k1, [&](int64_t at, const float* z, int64_t count) {
-    const scalar_t* wi = w + at;
-    float* o = buf + at;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    active_kernels().perturbed_f32(w, position, n, k0, k1, sigma, buf);
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    active_kernels().perturbed_bf16(reinterpret_cast<const uint16_t*>(w), position, n, k0, k1,
+                                    sigma, buf);
+  } else {
+    for_each_noise_piece(position, n, k0, k1, [&](int64_t at, const float* z, int64_t count) {
+      const scalar_t* wi = w + at;
+      float* o = buf + at;
 #pragma omp simd
-    for (int64_t i = 0; i < count; ++i) o[i] = to_float(wi[i]) + sigma * z[i];
-  });
+      for (int64_t i = 0; i < count; ++i) o[i] = to_float(wi[i]) + sigma * z[i];
+    });
+  }
 }
 
 at::Tensor philox_op(const at::Tensor& counters, const at::Tensor& keys) {
@@ -98,6 +168,14 @@ void noise_fill_(at::Tensor out, int64_t seed, int64_t offset, double alpha, boo
     float* p = out.data_ptr<float>();
     at::parallel_for(0, n, kChunk, [&](int64_t begin, int64_t end) {
       noise_into(base + begin, end - begin, k0, k1, a, accumulate, p + begin);
+    });
+    return;
+  }
+  if (out.scalar_type() == at::kBFloat16 && accumulate) {
+    // The in-place perturbation of bf16 weights (RandOpt's search): one pass, no float copy.
+    uint16_t* p = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+    at::parallel_for(0, n, kChunk, [&](int64_t begin, int64_t end) {
+      active_kernels().add_noise_bf16(p + begin, base + begin, end - begin, k0, k1, a);
     });
     return;
   }
@@ -143,9 +221,10 @@ void perturbed_copy_(at::Tensor out, const at::Tensor& src, int64_t seed, int64_
 // every seed's noise for it is generated and accumulated: memory is the output only.
 at::Tensor weighted_noise_sum(at::IntArrayRef shape, const at::Tensor& seeds,
                               const at::Tensor& weights, int64_t offset) {
+  TORCH_CHECK(seeds.numel() > 0, "weighted_noise_sum: needs at least one seed");
+  check_seed_vector("weighted_noise_sum", seeds, weights, "weights", seeds.numel());
   auto s = seeds.to(at::kLong).contiguous();
   auto w = weights.to(at::kFloat).contiguous();
-  TORCH_CHECK(s.numel() == w.numel() && s.numel() > 0, "weighted_noise_sum: seeds/weights");
   auto out = at::empty(shape, at::TensorOptions().dtype(at::kFloat));
   const int64_t n = out.numel();
   const int64_t K = s.numel();
@@ -226,6 +305,10 @@ at::Tensor population_forward(const at::Tensor& x3, const at::Tensor& weight,
                               int64_t offset) {
   TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous");
   const int64_t P = x3.size(0), T = x3.size(1), K = x3.size(2), N = weight.size(0);
+  if (P == 0 || T == 0 || N == 0 || K == 0) {
+    // Nothing to multiply: the product over an empty in_features is zero (y is then the bias).
+    return at::zeros({P, T, N}, at::TensorOptions().dtype(at::kFloat));
+  }
   // x^T per member, contiguous, so each panel product is one GEMM writing contiguous rows of y^T.
   auto x_t = x3.to(at::kFloat).transpose(1, 2).contiguous();  // [P, K, T]
   auto y_t = at::empty({P, N, T}, at::TensorOptions().dtype(at::kFloat));
@@ -238,6 +321,32 @@ at::Tensor population_forward(const at::Tensor& x3, const at::Tensor& weight,
   return y_t.transpose(1, 2);  // [P, T, N]
 }
 
+// Product of x's dims in [from, x.dim() - 1): the token count. reshape(-1) cannot infer it when
+// in_features is 0.
+int64_t leading_numel(const at::Tensor& x, int64_t from) {
+  int64_t n = 1;
+  for (int64_t d = from; d < x.dim() - 1; ++d) n *= x.size(d);
+  return n;
+}
+
+// x: [..., K] (population: [P, ..., K]), weight: [N, K], bias: [N] or none, all floating point.
+void check_linear(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& bias, int64_t min_x_dims) {
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must be 2-D [out_features, in_features], got ",
+              weight.sizes());
+  TORCH_CHECK(x.dim() >= min_x_dims, op, ": x must have at least ", min_x_dims, " dims, got ",
+              x.sizes());
+  TORCH_CHECK(x.size(-1) == weight.size(1), op, ": x's last dim ", x.size(-1),
+              " != weight's in_features ", weight.size(1));
+  TORCH_CHECK(is_float_dtype(x) && is_float_dtype(weight), op,
+              ": x and weight must be floating point, got ", x.scalar_type(), " and ",
+              weight.scalar_type());
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias must be [",
+                weight.size(0), "], got ", bias->sizes());
+  }
+}
+
 at::Tensor finish_linear(at::Tensor y, const std::optional<at::Tensor>& bias,
                          at::ScalarType dtype) {
   if (bias.has_value() && bias->defined()) y = y + bias->to(at::kFloat);
@@ -247,8 +356,9 @@ at::Tensor finish_linear(at::Tensor y, const std::optional<at::Tensor>& bias,
 at::Tensor perturbed_linear(const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, int64_t seed, int64_t offset,
                             double sigma) {
+  check_linear("perturbed_linear", x, weight, bias, 1);
   const int64_t K = weight.size(1);
-  auto x3 = x.reshape({1, -1, K});
+  auto x3 = x.reshape({1, leading_numel(x, 0), K});
   auto y = population_forward(x3, weight, {as_u64(seed)}, {static_cast<float>(sigma)}, offset);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = weight.size(0);
@@ -258,7 +368,9 @@ at::Tensor perturbed_linear(const at::Tensor& x, const at::Tensor& weight,
 at::Tensor population_linear(const at::Tensor& x, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, const at::Tensor& seeds,
                              const at::Tensor& sigmas, int64_t offset) {
+  check_linear("population_linear", x, weight, bias, 2);
   const int64_t P = x.size(0), K = weight.size(1);
+  check_seed_vector("population_linear", seeds, sigmas, "sigmas", P);
   auto s = seeds.to(at::kLong).contiguous();
   auto g = sigmas.to(at::kFloat).contiguous();
   std::vector<uint64_t> seed_v(P);
@@ -267,7 +379,8 @@ at::Tensor population_linear(const at::Tensor& x, const at::Tensor& weight,
     seed_v[m] = as_u64(s.data_ptr<int64_t>()[m]);
     sigma_v[m] = g.data_ptr<float>()[m];
   }
-  auto y = population_forward(x.reshape({P, -1, K}), weight, seed_v, sigma_v, offset);
+  auto y = population_forward(x.reshape({P, leading_numel(x, 1), K}), weight, seed_v, sigma_v,
+                              offset);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = weight.size(0);
   return finish_linear(y.reshape(out_shape), bias, x.scalar_type());
@@ -278,6 +391,16 @@ at::Tensor population_linear(const at::Tensor& x, const at::Tensor& weight,
 at::Tensor noise_sketch(int64_t rows, int64_t cols, const at::Tensor& seeds,
                         const at::Tensor& weights, const at::Tensor& test_matrix, bool left,
                         int64_t offset) {
+  TORCH_CHECK(rows >= 0 && cols >= 0, "noise_sketch: rows and cols must be >= 0, got ", rows, ", ",
+              cols);
+  TORCH_CHECK(seeds.numel() > 0, "noise_sketch: needs at least one seed");
+  check_seed_vector("noise_sketch", seeds, weights, "weights", seeds.numel());
+  TORCH_CHECK(test_matrix.dim() == 2 && is_float_dtype(test_matrix),
+              "noise_sketch: test_matrix must be a 2-D floating-point tensor, got ",
+              test_matrix.sizes(), " ", test_matrix.scalar_type());
+  TORCH_CHECK(left ? test_matrix.size(1) == rows : test_matrix.size(0) == cols,
+              "noise_sketch: test_matrix must be ", left ? "[r, rows]" : "[cols, r]", " for ",
+              rows, "x", cols, ", got ", test_matrix.sizes());
   auto s = seeds.to(at::kLong).contiguous();
   auto w = weights.to(at::kFloat).contiguous();
   auto tm = test_matrix.to(at::kFloat).contiguous();
@@ -288,30 +411,44 @@ at::Tensor noise_sketch(int64_t rows, int64_t cols, const at::Tensor& seeds,
   const uint64_t base = as_u64(offset);
   const int64_t* sp = s.data_ptr<int64_t>();
   const float* wp = w.data_ptr<float>();
-  const int64_t threads = at::get_num_threads();
-  auto out = left ? at::zeros({threads, r, cols}, tm.options())
-                  : at::empty({rows, r}, tm.options());
-  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-    auto buf = at::empty({R, cols}, tm.options());
-    float* bp = buf.data_ptr<float>();
-    for (int64_t pi = begin; pi < end; ++pi) {
-      const int64_t r0 = pi * R;
-      const int64_t nr = std::min(R, rows - r0);
-      for (int64_t k = 0; k < K; ++k) {
-        uint32_t k0, k1;
-        split_seed(as_u64(sp[k]), &k0, &k1);
-        noise_into(base + static_cast<uint64_t>(r0 * cols), nr * cols, k0, k1, wp[k], k > 0, bp);
-      }
-      auto panel = buf.narrow(0, 0, nr);
-      if (left) {
-        out.select(0, at::get_thread_num()).addmm_(tm.narrow(1, r0, nr), panel);
-      } else {
+  // Writes sum_k w_k eps_k for rows [r0, r0 + nr) into bp.
+  auto fill_panel = [&](float* bp, int64_t r0, int64_t nr) {
+    for (int64_t k = 0; k < K; ++k) {
+      uint32_t k0, k1;
+      split_seed(as_u64(sp[k]), &k0, &k1);
+      noise_into(base + static_cast<uint64_t>(r0 * cols), nr * cols, k0, k1, wp[k], k > 0, bp);
+    }
+  };
+  if (!left) {
+    // Each panel owns its rows of the result: no reduction at all.
+    auto out = at::empty({rows, r}, tm.options());
+    at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+      auto buf = at::empty({R, cols}, tm.options());
+      for (int64_t pi = begin; pi < end; ++pi) {
+        const int64_t r0 = pi * R, nr = std::min(R, rows - r0);
+        fill_panel(buf.data_ptr<float>(), r0, nr);
         auto dst = out.narrow(0, r0, nr);
-        at::mm_out(dst, panel, tm);
+        at::mm_out(dst, buf.narrow(0, 0, nr), tm);
+      }
+    });
+    return out;
+  }
+  // Left: every panel adds psi[:, its rows] @ panel into the whole [r, cols] result.
+  if (panels == 0) return at::zeros({r, cols}, tm.options());
+  const FixedOrderSlots slots(panels, r * cols * 4, kMaxReduceSlots, kReduceBudgetBytes);
+  auto partial = at::zeros({slots.count, r, cols}, tm.options());
+  at::parallel_for(0, slots.count, 1, [&](int64_t begin, int64_t end) {
+    auto buf = at::empty({R, cols}, tm.options());
+    for (int64_t g = begin; g < end; ++g) {
+      auto acc = partial.select(0, g);
+      for (int64_t pi = slots.begin(g); pi < slots.end(g); ++pi) {
+        const int64_t r0 = pi * R, nr = std::min(R, rows - r0);
+        fill_panel(buf.data_ptr<float>(), r0, nr);
+        acc.addmm_(tm.narrow(1, r0, nr), buf.narrow(0, 0, nr));
       }
     }
   });
-  return left ? out.sum(0) : out;
+  return FixedOrderSlots::sum_in_order(partial);
 }
 
 
@@ -322,32 +459,47 @@ at::Tensor noise_sketch(int64_t rows, int64_t cols, const at::Tensor& seeds,
 constexpr int64_t kGramChunkFloats = 1 << 20;
 
 at::Tensor noise_gram(int64_t numel, const at::Tensor& seeds, int64_t offset) {
+  TORCH_CHECK(seeds.dim() == 1 && seeds.numel() > 0, "noise_gram: seeds must be 1-D and non-empty, "
+              "got ", seeds.sizes());
+  TORCH_CHECK(numel >= 0, "noise_gram: numel must be >= 0, got ", numel);
   auto s = seeds.to(at::kLong).contiguous();
   const int64_t K = s.numel();
-  TORCH_CHECK(K > 0 && numel >= 0, "noise_gram: seeds/numel");
   const int64_t L = std::max<int64_t>(256, std::min<int64_t>(numel, kGramChunkFloats / K) / 16 * 16);
   const int64_t chunks = (numel + L - 1) / L;
-  const int64_t threads = at::get_num_threads();
   const int64_t* sp = s.data_ptr<int64_t>();
   const uint64_t base = as_u64(offset);
-  auto partial = at::zeros({threads, K, K}, at::TensorOptions().dtype(at::kDouble));
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  if (chunks == 0) return at::zeros({K, K}, at::TensorOptions().dtype(at::kDouble));
+  const FixedOrderSlots slots(chunks, K * K * 8, kMaxReduceSlots, kReduceBudgetBytes);
+  auto partial = at::zeros({slots.count, K, K}, at::TensorOptions().dtype(at::kDouble));
+  at::parallel_for(0, slots.count, 1, [&](int64_t begin, int64_t end) {
     auto buf = at::empty({K, L}, at::TensorOptions().dtype(at::kFloat));
     float* bp = buf.data_ptr<float>();
-    auto acc = partial.select(0, at::get_thread_num());
-    for (int64_t ci = begin; ci < end; ++ci) {
-      const int64_t e0 = ci * L;
-      const int64_t len = std::min(L, numel - e0);
-      for (int64_t k = 0; k < K; ++k) {
-        uint32_t k0, k1;
-        split_seed(as_u64(sp[k]), &k0, &k1);
-        noise_into(base + static_cast<uint64_t>(e0), len, k0, k1, 1.0f, false, bp + k * L);
+    for (int64_t g = begin; g < end; ++g) {
+      auto acc = partial.select(0, g);
+      for (int64_t ci = slots.begin(g); ci < slots.end(g); ++ci) {
+        const int64_t e0 = ci * L;
+        const int64_t len = std::min(L, numel - e0);
+        for (int64_t k = 0; k < K; ++k) {
+          uint32_t k0, k1;
+          split_seed(as_u64(sp[k]), &k0, &k1);
+          noise_into(base + static_cast<uint64_t>(e0), len, k0, k1, 1.0f, false, bp + k * L);
+        }
+        auto block = buf.narrow(1, 0, len);
+        acc.add_(at::mm(block, block.t()).to(at::kDouble));
       }
-      auto block = buf.narrow(1, 0, len);
-      acc.add_(at::mm(block, block.t()).to(at::kDouble));
     }
   });
-  return partial.sum(0);
+  return FixedOrderSlots::sum_in_order(partial);
+}
+
+// Which noise generator runs ("avx2" or "portable", with the reason when it is not the default).
+std::string cpu_isa() { return active_isa_description(); }
+
+// Test hook: switch the generator ("portable", "avx2" or "auto") in this process.
+std::string set_cpu_isa(const std::string& name) {
+  TORCH_CHECK(set_isa(name.c_str()), "set_cpu_isa: cannot use '", name, "' here (", cpu_isa(),
+              "); choose portable, avx2 (on an AVX2 CPU) or auto");
+  return cpu_isa();
 }
 
 }  // namespace
@@ -355,6 +507,8 @@ at::Tensor noise_gram(int64_t numel, const at::Tensor& seeds, int64_t offset) {
 }  // namespace corp
 
 TORCH_LIBRARY(corp_cpu, m) {
+  m.def("cpu_isa() -> str", &corp::cpu::cpu_isa);
+  m.def("set_cpu_isa(str name) -> str", &corp::cpu::set_cpu_isa);
   m.def("philox4x32_10(Tensor counters, Tensor keys) -> Tensor");
   m.def("noise_fill_(Tensor(a!) out, int seed, int offset, float alpha, bool accumulate) -> ()");
   m.def("perturbed_copy_(Tensor(a!) out, Tensor src, int seed, int offset, float sigma) -> ()");
