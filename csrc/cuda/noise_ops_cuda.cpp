@@ -1,7 +1,14 @@
 // Registers the CUDA kernels as torch ops in the `corp_cuda` namespace (built only where torch has
 // CUDA; see setup.py). Python validates arguments; seeds/offsets arrive as int64 bits.
+//
+// Every op switches to the device of its tensors first (a tensor on a GPU other than the current
+// one would otherwise be written by a kernel launched on the wrong device, leaving the output
+// uninitialised), and checks for a launch error right after the launch, so a failure is reported
+// by the op that caused it rather than by whatever synchronizes next.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "noise_kernels.h"
@@ -10,7 +17,8 @@ namespace {
 
 void noise_fill_(at::Tensor out, int64_t seed, int64_t offset, double alpha, bool accumulate) {
   TORCH_CHECK(out.is_cuda() && out.is_contiguous(), "noise_fill_: out must be contiguous CUDA");
-  auto stream = at::cuda::getCurrentCUDAStream(out.device().index()).stream();
+  const c10::cuda::CUDAGuard device_guard(out.device());
+  auto stream = c10::cuda::getCurrentCUDAStream(out.device().index()).stream();
   const auto s = static_cast<uint64_t>(seed), o = static_cast<uint64_t>(offset);
   const float a = static_cast<float>(alpha);
   switch (out.scalar_type()) {
@@ -26,18 +34,25 @@ void noise_fill_(at::Tensor out, int64_t seed, int64_t offset, double alpha, boo
     default:
       TORCH_CHECK(false, "noise_fill_: unsupported dtype ", out.scalar_type());
   }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::Tensor weighted_noise_sum(at::IntArrayRef shape, const at::Tensor& seeds,
                               const at::Tensor& weights, int64_t offset, at::Device device) {
+  TORCH_CHECK(device.is_cuda(), "weighted_noise_sum: device must be CUDA, got ", device);
+  TORCH_CHECK(seeds.dim() == 1 && seeds.numel() > 0 && weights.numel() == seeds.numel(),
+              "weighted_noise_sum: seeds and weights must be 1-D of one length >= 1, got ",
+              seeds.sizes(), " and ", weights.sizes());
+  const c10::cuda::CUDAGuard device_guard(device);
   auto out = at::empty(shape, at::TensorOptions().dtype(at::kFloat).device(device));
   auto s = seeds.to(at::TensorOptions().dtype(at::kLong).device(device)).contiguous();
   auto w = weights.to(at::TensorOptions().dtype(at::kFloat).device(device)).contiguous();
-  auto stream = at::cuda::getCurrentCUDAStream(device.index()).stream();
+  auto stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
   corp::cuda::weighted_noise_sum_f32(out.data_ptr<float>(), out.numel(),
                                      reinterpret_cast<const uint64_t*>(s.data_ptr<int64_t>()),
                                      w.data_ptr<float>(), s.numel(), static_cast<uint64_t>(offset),
                                      stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
