@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 import corp_kernels as ck
-from corp.method.consolidate import CorpConfig, consolidate, two_pass_weights
+from corp.evaluate import Scores
+from corp.method.consolidate import (Consolidator, CorpConfig, best_scoring_sigma, consolidate,
+                                     fix_regression_score, seed_gram, two_pass_weights)
 from corp.models import build_tiny_model
 from corp.method.perturb import PerturbationSpec, Perturber, parameter_key, state_fingerprint
 from corp.method.population import Record, member_seeds, search
@@ -88,3 +90,126 @@ def test_two_pass_weights_use_exact_geometry():
     assert list(elite) == [0, 1, 2]
     assert w2[1] < w2[0] and w2[1] < w2[2]
     np.testing.assert_allclose(w2.sum(), 1.0)
+
+
+# --- Stage 2, as released: step units, one notion of "correct", the cloud, the sigma ----------
+
+
+class PartialCreditPlantedTask(PlantedTask):
+    """The planted task with partial credit: a solved example scores 0.75, an unsolved one 0.25,
+    and none is ever exactly right (Scores.correct all False), like most writing answers."""
+
+    def __call__(self, model, examples):
+        s = super().__call__(model, examples)
+        rewards = np.where(s.correct, 0.75, 0.25)
+        return Scores(rewards, np.zeros(len(rewards), bool), s.answers)
+
+
+def _member_norm(pert, member) -> float:
+    gram = seed_gram(pert, list(member.seeds))
+    c = np.array(member.coeffs)
+    return float(np.sqrt(c @ gram @ c))
+
+
+def _recording_consolidation(pert, task, records, config):
+    """consolidate() with every (split, member) that was scored recorded."""
+    calls = []
+    original = Consolidator.score
+
+    def score(self, examples, member=None):
+        split = ("gate_half" if examples is self.gate_half else "probe" if examples is self.probe
+                 else "selection" if examples is self.selection else "gate")
+        calls.append((split, member))
+        return original(self, examples, member)
+
+    Consolidator.score = score
+    try:
+        return consolidate(pert, task, task.splits(), records, config), calls
+    finally:
+        Consolidator.score = original
+
+
+def test_stage2_steps_in_the_units_of_stage1(tmp_path):
+    """Stage 2 gates its merge at the Stage-1 step's norm and line-searches 0.5/1/2 times it.
+    Before: it gated the raw weighted mean of its proposals, ~1/sqrt(K) of one member long."""
+    lm, pert, task, records = planted_setup(tmp_path, n=64)
+    config = CorpConfig(stage2_members=8, stage2_rounds=1)
+    result, calls = _recording_consolidation(pert, task, records, config)
+    stage1 = next(d for d in result.decisions if d.stage == "stage1").detail
+    # The Stage-1 step, recomputed here: alpha times the median norm of the elite's members.
+    rewards = np.array([r.reward for r in records])
+    elite = np.flatnonzero(rewards >= np.quantile(rewards, stage1["q"]))
+    gram = seed_gram(pert, [records[i].seed for i in elite]) * SIGMA ** 2
+    anchor = stage1["alpha"] * np.median(np.sqrt(np.diag(gram)))
+    gate_steps = [_member_norm(pert, m) for split, m in calls if split == "gate_half" and m]
+    assert gate_steps, "Stage 2 never reached its gate"
+    np.testing.assert_allclose(gate_steps, anchor, rtol=1e-4)
+    stage2 = next(d for d in result.decisions if d.stage == "stage2").detail
+    assert stage2["merge_norm_raw"] < 0.9 * anchor  # the raw merge really is shorter
+    if "alpha" in stage2:  # the line search ran: probe steps are 0.5, 1 and 2 anchors
+        probe_steps = sorted(_member_norm(pert, m) for split, m in calls
+                             if split == "probe" and m and len(m.seeds) > len(elite))
+        np.testing.assert_allclose(probe_steps, [0.5 * anchor, anchor, 2 * anchor], rtol=1e-4)
+
+
+def test_fixes_and_regressions_count_partial_credit():
+    # correct = reward > 0.5 (released): 0.75 vs 0.25 is a fix, 0.25 vs 0.75 a regression.
+    assert fix_regression_score([0.75, 0.75], [0.25, 0.75], 2.0) == 0.5
+    assert fix_regression_score([0.25, 0.75], [0.75, 0.75], 2.0) == -1.0
+    assert fix_regression_score([0.5, 0.9], [0.4, 0.6], 2.0) == 0.0  # 0.5 is not above 0.5
+
+
+def test_stage2_sees_members_help_on_a_partial_credit_task(tmp_path):
+    """Before: Stage 2 used Scores.correct (reward == 1), so on a task where no answer is ever
+    exactly right no member could help and its gate could never pass."""
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    task = PartialCreditPlantedTask(lm.model, scale=SIGMA)
+    records = search(pert, task, task.splits()["train"], member_seeds(64), [SIGMA],
+                     str(tmp_path / "pop.jsonl"), {"test": "partial"}, mode="inplace",
+                     progress=False)
+    # A short Stage-1 step (alpha 0.1) leaves examples for Stage 2 to fix.
+    result = consolidate(pert, task, task.splits(), records,
+                         CorpConfig(alphas=(0.1,), stage2_members=8, stage2_rounds=1))
+    stage2 = next(d for d in result.decisions if d.stage == "stage2").detail
+    assert stage2["members_helping"] > 0
+
+
+def test_stage2_rebuilds_its_cloud_every_round_from_the_members_that_helped(tmp_path):
+    lm, pert, task, records = planted_setup(tmp_path, n=64)
+    members = 8
+    result = consolidate(pert, task, task.splits(), records,
+                         CorpConfig(stage2_members=members, stage2_rounds=3,
+                                    stage2_max_reject=3, stage2_max_accept=3))
+    rounds = [d.detail for d in result.decisions if d.stage == "stage2"]
+    assert len(rounds) >= 2
+    for before, after in zip(rounds, rounds[1:]):
+        helped = round(before["members_helping"] * members)
+        if helped:  # accepted or not, the next cloud is exactly the members that helped
+            assert after["cloud_members"] == helped
+        else:
+            assert after["cloud_members"] == before["cloud_members"]
+
+
+def test_stage2_starts_at_the_best_scoring_sigma(tmp_path):
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    task = PlantedTask(lm.model, scale=SIGMA)
+    sigmas = [SIGMA / 4, SIGMA]  # the planted task rewards the larger steps
+    records = search(pert, task, task.splits()["train"], member_seeds(64), sigmas,
+                     str(tmp_path / "pop.jsonl"), {"test": "sigmas"}, mode="inplace",
+                     progress=False)
+    best = best_scoring_sigma(records)
+    means = {s: np.mean([r.reward for r in records if r.sigma == s]) for s in sigmas}
+    assert means[best] == max(means.values())
+    assert best != float(np.median([r.sigma for r in records]))  # the old choice differs here
+    result = consolidate(pert, task, task.splits(), records,
+                         CorpConfig(stage2_members=8, stage2_rounds=1))
+    stage2 = next(d for d in result.decisions if d.stage == "stage2").detail
+    assert stage2["sigma"] == best
+
+
+def test_stage2_defaults_are_the_released_ones():
+    config = CorpConfig()
+    assert (config.stage2_members, config.stage2_rounds, config.stage2_max_accept,
+            config.stage2_max_reject, config.stage2_alphas) == (100, 3, 2, 2, (0.5, 1.0, 2.0))

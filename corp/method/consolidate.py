@@ -13,15 +13,23 @@ released code, Stage 1 is committed only if it passes the gate (below) on the ga
 
 Stage 2 (gated local search around the current model): proposals
     delta = sigma * (sqrt(lam) * eps(new seed) + sqrt(1 - lam) * sqrt(D) * sum_k sqrt(l_k / sum l) z_k u_k)
-with u_k unit-norm principal directions of the previous weighted cloud (eigenvalues l_k), D the
-number of perturbed weights and z_k ~ N(0, 1): both parts have expected energy sigma^2 D times
-their share (the released code scales the low-rank part by sigma twice, which makes the sampler
-effectively isotropic). Members are scored on the selection half of the train split by
-(fixes - 2 * regressions) / n against the current model, merged with the two-pass rule, and the
-merge passes the gate if on the gate half that score is > 0 AND the paired lower confidence bound
-(mean - z * SE of per-example reward differences) is > 0. A line search over the step on the probe
-split follows; the step is accepted only if the probe's paired LCB is > 0 and probe accuracy does
-not drop. A rejection halves sigma; lam grows (more isotropic) when few members help.
+with u_k unit-norm principal directions of the search cloud (eigenvalues l_k), D the number of
+perturbed weights and z_k ~ N(0, 1): both parts have expected energy sigma^2 D times their share
+(the released code scales the low-rank part by sigma twice, which makes the sampler effectively
+isotropic). sigma starts at the population's best-scoring sigma (highest mean train reward), as
+released. Members are scored on the selection half of the train split by
+(fixes - 2 * regressions) / n against the current model, where an answer is "correct" when its
+reward is above 0.5 (CORRECT_ABOVE, the released threshold: partial-credit tasks can fix and
+regress too). They are merged with the two-pass rule, and the merge is rescaled to the Stage-1
+step: the same units as Stage 1 (a weighted mean of K near-orthogonal proposals is ~1/sqrt(K) of
+one member long, so gating the raw mean tested steps near zero). The merge passes the gate if on the
+gate half, at the Stage-1 step, the fix/regression score is > 0 AND the paired lower confidence
+bound (mean - z * SE of per-example reward differences) is > 0. A line search over
+{0.5, 1, 2} x the Stage-1 step on the probe split follows; the step is accepted only if the probe's
+paired LCB is > 0 and the probe's share of correct answers does not drop. Every round rebuilds the
+search cloud from the members that helped (score > 0), weighted by softmax(beta * score), accepted
+or not (the released code also targets an effective sample size, 16 -> 4; we do not). A rejection
+halves sigma; lam grows (more isotropic) when few members help.
 
 If nothing passes, the base model is returned and the result says why.
 """
@@ -60,10 +68,11 @@ class CorpConfig:
     stage2_rounds: int = 3
     stage2_max_accept: int = 2
     stage2_max_reject: int = 2
-    stage2_members: int = 32  # local members per round (the paper: 100)
+    stage2_members: int = 100  # local members per round, as released
     stage2_rank: int = 8
     stage2_lambda: float = 0.5  # isotropic share of the proposal energy, adapted per round
-    stage2_sigma: float | None = None  # default: the population's median sigma
+    stage2_sigma: float | None = None  # default: the population's best-scoring sigma
+    # Stage-2 line search, in multiples of the Stage-1 step's norm (as released)
     stage2_alphas: tuple[float, ...] = (0.5, 1.0, 2.0)
     regression_weight: float = 2.0
     seed: int = 0  # splits of the train set and Stage-2 seeds
@@ -153,11 +162,35 @@ def paired_stats(new: np.ndarray, old: np.ndarray, z: float) -> dict:
     return {"mean_diff": mean, "se": se, "lcb": mean - z * se, "n": n}
 
 
-def fix_regression_score(new_correct, old_correct, regression_weight: float) -> float:
-    new_c, old_c = np.asarray(new_correct, bool), np.asarray(old_correct, bool)
+# An answer counts as correct when its reward is above this (the released code's threshold). One
+# notion of "correct" for every gate: `Scores.correct` (reward == 1) would make partial-credit
+# tasks (writing: 6% exactly right) almost never fix or regress anything.
+CORRECT_ABOVE = 0.5
+
+
+def is_correct(rewards) -> np.ndarray:
+    return np.asarray(rewards, float) > CORRECT_ABOVE
+
+
+def fix_regression_score(new_rewards, old_rewards, regression_weight: float) -> float:
+    """(fixes - regression_weight * regressions) / n between two per-example reward vectors."""
+    new_c, old_c = is_correct(new_rewards), is_correct(old_rewards)
     fixes = np.sum(new_c & ~old_c)
     regressions = np.sum(~new_c & old_c)
     return float((fixes - regression_weight * regressions) / len(new_c))
+
+
+def best_scoring_sigma(records: Sequence[Record]) -> float:
+    """The sigma whose members have the highest mean train reward (ties: the smaller sigma)."""
+    by_sigma: dict[float, list[float]] = {}
+    for r in records:
+        by_sigma.setdefault(float(r.sigma), []).append(r.reward)
+    return max(sorted(by_sigma), key=lambda s: np.mean(by_sigma[s]))
+
+
+def coefficient_norm(coeffs: np.ndarray, gram: np.ndarray) -> float:
+    """|sum_j coeffs_j eps_j| under the exact Gram of the eps_j."""
+    return float(np.sqrt(max(coeffs @ gram @ coeffs, 0.0)))
 
 
 def combine(seeds: Sequence[int], rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -199,6 +232,7 @@ class Consolidator:
             raise ValueError("CoRP needs at least 4 train and 4 validation examples (train is "
                              "split into selection/gate halves, validation into probe/gate)")
         self.decisions: list[Decision] = []
+        self.stage1_step_norm: float | None = None  # set by stage1: Stage 2's unit of step
 
     def score(self, examples, member: Member | None = None):
         if member is None:
@@ -237,9 +271,14 @@ class Consolidator:
                     candidates.append((s.reward, -alpha, q, beta, alpha, member, len(elite), s))
         best = max(candidates, key=lambda c: (c[0], c[1]))
         reward, _, q, beta, alpha, member, n_elite, s = best
+        # The norm of the best Stage-1 step (committed or not): Stage 2's unit of step.
+        seed_only_gram = gram / np.outer(sig, sig)
+        coeff_by_seed = dict(zip(member.seeds, member.coeffs))
+        step = np.array([coeff_by_seed.get(sd, 0.0) for sd in seeds])
+        self.stage1_step_norm = coefficient_norm(step, seed_only_gram)
         detail = {"q": q, "beta": beta, "alpha": alpha, "elite": n_elite,
                   "probe_reward": reward, "probe_reward_base": base_probe.reward,
-                  "candidates": len(candidates)}
+                  "candidates": len(candidates), "step_norm": self.stage1_step_norm}
         if reward <= base_probe.reward:
             self.decisions.append(Decision("stage1", False, {**detail, "why": "no candidate beats "
                                                              "the base model on the probe split"}))
@@ -276,6 +315,8 @@ class Consolidator:
 
     def stage2(self, update: Member | None, cloud, q: float, beta: float, sigma: float):
         cfg = self.config
+        if self.stage1_step_norm is None:
+            raise RuntimeError("stage2 needs the Stage-1 step as its unit: run stage1 first")
         lam_mix = cfg.stage2_lambda
         accepted = rejected = 0
         numel = self.perturber.numel
@@ -298,35 +339,42 @@ class Consolidator:
                         ((share * z) @ dirs)
             cur_sel = self.score(self.selection)
             scores = np.array([fix_regression_score(
-                self.score(self.selection, as_member(seeds, row)).correct, cur_sel.correct,
+                self.score(self.selection, as_member(seeds, row)).rewards, cur_sel.rewards,
                 cfg.regression_weight) for row in rows])
             gram = seed_gram(self.perturber, seeds)
             member_gram = rows @ gram @ rows.T
             elite, w2, _ = two_pass_weights(scores, member_gram, q, beta)
-            merged_coeffs = combine(seeds, rows[elite], w2)
-            delta = as_member(seeds, merged_coeffs)
-            cur_gate, cand_gate = self.score(self.gate_half), self.score(self.gate_half, delta)
-            gate_score = fix_regression_score(cand_gate.correct, cur_gate.correct,
+            merged = combine(seeds, rows[elite], w2)
+            # In Stage-1 units: the merge rescaled to the norm of the Stage-1 step.
+            merged_norm = coefficient_norm(merged, gram)
+            unit = merged * (self.stage1_step_norm / merged_norm) if merged_norm > 0 else merged
+            cur_gate = self.score(self.gate_half)
+            cand_gate = self.score(self.gate_half, as_member(seeds, unit))
+            gate_score = fix_regression_score(cand_gate.rewards, cur_gate.rewards,
                                               cfg.regression_weight)
             stats = paired_stats(cand_gate.rewards, cur_gate.rewards, cfg.gate_z)
             detail = {"round": rnd, "sigma": sigma, "lambda": lam_mix,
                       "members_helping": float(np.mean(scores > 0)), "gate_score": gate_score,
-                      "gate": stats}
+                      "gate": stats, "cloud_members": len(cloud_rows),
+                      "merge_norm_raw": merged_norm, "step_norm": self.stage1_step_norm}
             ok = gate_score > 0 and stats["lcb"] > 0
             if ok:
                 cur_probe = self.score(self.probe)
                 best = None
                 for alpha in cfg.stage2_alphas:
-                    s = self.score(self.probe, as_member(seeds, merged_coeffs, alpha))
+                    s = self.score(self.probe, as_member(seeds, unit, alpha))
                     if best is None or s.reward > best[1].reward:
                         best = (alpha, s)
                 alpha, s = best
                 probe = paired_stats(s.rewards, cur_probe.rewards, cfg.gate_z)
-                ok = probe["lcb"] > 0 and s.accuracy >= cur_probe.accuracy
-                detail.update(alpha=alpha, probe=probe, probe_accuracy=s.accuracy,
-                              probe_accuracy_before=cur_probe.accuracy)
+                correct_share = float(is_correct(s.rewards).mean())
+                correct_share_before = float(is_correct(cur_probe.rewards).mean())
+                ok = probe["lcb"] > 0 and correct_share >= correct_share_before
+                detail.update(alpha=alpha, probe=probe, probe_correct_share=correct_share,
+                              probe_correct_share_before=correct_share_before)
                 if not ok:
-                    detail["why"] = "line search: probe LCB not > 0 or probe accuracy dropped"
+                    detail["why"] = ("line search: probe LCB not > 0 or the probe's share of "
+                                     "correct answers dropped")
             else:
                 detail["why"] = "gate: fix/regression score or paired LCB on the gate half not > 0"
             self.decisions.append(Decision("stage2", ok, detail))
@@ -334,12 +382,17 @@ class Consolidator:
                      "(LCB %.4f) -> %s", rnd, sigma, lam_mix, 100 * detail["members_helping"],
                      gate_score, stats["lcb"], "accept" if ok else "reject")
             if ok:
-                update = self.commit(update, as_member(seeds, merged_coeffs, alpha))
+                update = self.commit(update, as_member(seeds, unit, alpha))
                 accepted += 1
-                cloud = (seeds, rows[elite], w2)
             else:
                 rejected += 1
                 sigma /= 2
+            # The next round's cloud: this round's members that helped, accepted or not (the
+            # cloud's directions are expressed around any model; their coefficients are over
+            # `seeds`). Nobody helped: keep the previous cloud.
+            helped = np.flatnonzero(scores > 0)
+            if len(helped):
+                cloud = (seeds, rows[helped], softmax(beta * scores[helped]))
             # fewer good members -> a more isotropic proposal
             helping = detail["members_helping"]
             lam_mix = min(0.9, lam_mix + 0.2) if helping < 0.25 else max(0.1, lam_mix - 0.1)
@@ -362,7 +415,7 @@ class Consolidator:
         elite, w2, _ = two_pass_weights(rewards, gram, q, beta)
         seeds = [records[i].seed for i in elite]
         rows = np.diag(sig[elite])
-        sigma = self.config.stage2_sigma or float(np.median(sig))
+        sigma = self.config.stage2_sigma or best_scoring_sigma(records)
         if self.config.stage2_rounds > 0:
             update = self.stage2(update, (seeds, rows, w2), q, beta, sigma)
         self.perturber.restore_()
