@@ -6,7 +6,8 @@ import pytest
 import corp_kernels as ck
 from corp.evaluate import Scores
 from corp.method.consolidate import (Consolidator, CorpConfig, best_scoring_sigma, consolidate,
-                                     fix_regression_score, seed_gram, two_pass_weights)
+                                     fix_regression_score, paired_stats, seed_gram,
+                                     two_pass_weights)
 from corp.models import build_tiny_model
 from corp.method.perturb import PerturbationSpec, Perturber, parameter_key, state_fingerprint
 from corp.method.population import Record, member_seeds, search
@@ -213,3 +214,27 @@ def test_stage2_defaults_are_the_released_ones():
     config = CorpConfig()
     assert (config.stage2_members, config.stage2_rounds, config.stage2_max_accept,
             config.stage2_max_reject, config.stage2_alphas) == (100, 3, 2, 2, (0.5, 1.0, 2.0))
+
+
+def test_gate_statistics_state_the_detectable_effect():
+    # 100 paired examples, differences of +1 on 20 and 0 elsewhere: mean 0.2, SD 0.402;
+    # mde80 = (1 + 0.8416) * 0.402 / 10 = 0.0740.
+    new = np.r_[np.ones(20), np.zeros(80)]
+    stats = paired_stats(new, np.zeros(100), z=1.0)
+    assert stats["mean_diff"] == pytest.approx(0.2)
+    assert stats["mde80"] == pytest.approx((1 + 0.8416212) * np.std(new, ddof=1) / 10, rel=1e-6)
+    # By construction a true gain of mde80 passes the gate 80% of the time: simulate it.
+    rng = np.random.default_rng(0)
+    sd, n = 0.5, 64
+    mde = paired_stats(rng.normal(0, sd, n), np.zeros(n), z=1.0)["mde80"]
+    passes = [paired_stats(rng.normal(mde, sd, n), np.zeros(n), z=1.0)["lcb"] > 0
+              for _ in range(2000)]
+    assert 0.75 < np.mean(passes) < 0.85  # 2000 draws: SE of a rate of 0.8 is 0.009
+
+
+def test_result_keeps_the_best_candidate_even_when_the_gate_rejects(tmp_path):
+    lm, pert, task, records = planted_setup(tmp_path, harmful=True)
+    result = consolidate(pert, task, task.splits(), records,
+                         CorpConfig(stage2_members=8, stage2_rounds=1))
+    assert result.update is None and result.candidate is not None
+    assert result.to_json()["candidate"]["seeds"]

@@ -85,15 +85,22 @@ class Decision:
     detail: dict = field(default_factory=dict)
 
 
+def member_json(member: Member | None) -> dict | None:
+    return None if member is None else {"seeds": [str(s) for s in member.seeds],
+                                        "coeffs": list(member.coeffs)}
+
+
 @dataclass
 class ConsolidationResult:
     update: Member | None  # the committed update over seeds; None = the base model
     decisions: list[Decision]
     reason: str
+    # The best Stage-1 candidate on the probe, committed or not: what the gates were asked about,
+    # so a report can show its test score beside the gated result ("rejected, and rightly so?").
+    candidate: Member | None = None
 
     def to_json(self) -> dict:
-        return {"update": None if self.update is None else
-                {"seeds": [str(s) for s in self.update.seeds], "coeffs": list(self.update.coeffs)},
+        return {"update": member_json(self.update), "candidate": member_json(self.candidate),
                 "reason": self.reason, "decisions": [asdict(d) for d in self.decisions]}
 
 
@@ -154,12 +161,22 @@ def two_pass_weights(rewards: np.ndarray, gram: np.ndarray, q: float, beta: floa
     return elite, w2, {"alignment": align.tolist(), "dispersion_rel": (disp / sq).tolist()}
 
 
+Z_POWER_80 = 0.8416212335729143  # the standard normal's 80% quantile
+
+
 def paired_stats(new: np.ndarray, old: np.ndarray, z: float) -> dict:
+    """Paired comparison of per-example rewards: mean difference, its standard error, the lower
+    confidence bound mean - z * SE that the gate tests, and `mde80`: the true mean gain that would
+    pass (LCB > 0) with 80% probability at this n and this spread of differences,
+    (z + z_0.8) * SD / sqrt(n). A rejection with gain 0.03 and mde80 0.14 says "too few examples
+    to tell", not "no gain"."""
     diff = np.asarray(new, float) - np.asarray(old, float)
     n = len(diff)
-    se = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    sd = float(diff.std(ddof=1)) if n > 1 else float("inf")
+    se = sd / np.sqrt(n) if n > 1 else float("inf")
     mean = float(diff.mean())
-    return {"mean_diff": mean, "se": se, "lcb": mean - z * se, "n": n}
+    return {"mean_diff": mean, "se": se, "lcb": mean - z * se, "n": n,
+            "mde80": (z + Z_POWER_80) * se}
 
 
 # An answer counts as correct when its reward is above this (the released code's threshold). One
@@ -233,6 +250,7 @@ class Consolidator:
                              "split into selection/gate halves, validation into probe/gate)")
         self.decisions: list[Decision] = []
         self.stage1_step_norm: float | None = None  # set by stage1: Stage 2's unit of step
+        self.stage1_candidate: Member | None = None  # set by stage1: its best grid point
 
     def score(self, examples, member: Member | None = None):
         if member is None:
@@ -276,6 +294,7 @@ class Consolidator:
         coeff_by_seed = dict(zip(member.seeds, member.coeffs))
         step = np.array([coeff_by_seed.get(sd, 0.0) for sd in seeds])
         self.stage1_step_norm = coefficient_norm(step, seed_only_gram)
+        self.stage1_candidate = member
         detail = {"q": q, "beta": beta, "alpha": alpha, "elite": n_elite,
                   "probe_reward": reward, "probe_reward_base": base_probe.reward,
                   "candidates": len(candidates), "step_norm": self.stage1_step_norm}
@@ -423,7 +442,7 @@ class Consolidator:
             reason = "no update passed its gate (details in decisions); returning the base model"
         else:
             reason = f"committed {sum(d.accepted for d in self.decisions)} gated update(s)"
-        return ConsolidationResult(update, self.decisions, reason)
+        return ConsolidationResult(update, self.decisions, reason, self.stage1_candidate)
 
 
 def consolidate(perturber: Perturber, evaluator, splits: dict, records: Sequence[Record],
