@@ -6,7 +6,8 @@ import pytest
 import corp_kernels as ck
 from corp.evaluate import Scores
 from corp.method.consolidate import (Consolidator, CorpConfig, best_scoring_sigma, consolidate,
-                                     fix_regression_score, paired_stats, seed_gram,
+                                     ess_weights, fix_regression_score, paired_stats,
+                                     released_ess_target, released_next_lambda, seed_gram, softmax,
                                      two_pass_weights)
 from corp.models import build_tiny_model
 from corp.method.perturb import PerturbationSpec, Perturber, parameter_key, state_fingerprint
@@ -238,3 +239,61 @@ def test_result_keeps_the_best_candidate_even_when_the_gate_rejects(tmp_path):
                          CorpConfig(stage2_members=8, stage2_rounds=1))
     assert result.update is None and result.candidate is not None
     assert result.to_json()["candidate"]["seeds"]
+
+
+# --- the released procedure ----------------------------------------------------------------------
+
+
+def test_released_procedure_commits_stage1_without_a_gate(tmp_path):
+    """Where no member helps, the gated procedure keeps the base model; the released one commits
+    its best Stage-1 grid point anyway (and still reports what the gate would have said)."""
+    lm, pert, task, records = planted_setup(tmp_path, harmful=True)
+    small = dict(quantiles=(0.5,), betas=(1.0, 5.0), alphas=(0.5, 1.0), stage2_rounds=0)
+    gated = consolidate(pert, task, task.splits(), records, CorpConfig(**small))
+    released = consolidate(pert, task, task.splits(), records, CorpConfig.released(**small))
+    assert gated.update is None
+    assert released.update is not None and released.update == released.candidate
+    stage1 = released.decisions[0]
+    assert stage1.stage == "stage1" and stage1.accepted and "gate" in stage1.detail
+    assert "released procedure" in released.reason
+
+
+def test_released_stage2_sweeps_q_beta_eta_and_gates_each_proposal(tmp_path):
+    lm, pert, task, records = planted_setup(tmp_path, n=64)
+    config = CorpConfig.released(quantiles=(0.5, 0.9), betas=(1.0,), alphas=(0.1,),
+                                 stage2_members=8, stage2_rounds=1)
+    result, calls = _recording_consolidation(pert, task, records, config)
+    stage2 = next(d for d in result.decisions if d.stage == "stage2").detail
+    # 2 quantiles x 1 beta x 3 step multipliers (fewer only where two merges coincide)
+    assert 3 <= stage2["proposals"] <= 6 and stage2["proposals"] % 3 == 0
+    stage1_step = next(d for d in result.decisions if d.stage == "stage1").detail["step_norm"]
+    gate_steps = sorted({round(_member_norm(pert, m) / stage1_step, 6)
+                         for split, m in calls if split == "gate_half" and m})
+    assert gate_steps == [0.5, 1.0, 2.0]  # eta in {0.5, 1, 2} x the Stage-1 step
+    assert stage2["passing_gate"] <= stage2["proposals"]
+
+
+def test_ess_weights_reach_the_target_at_the_smallest_temperature():
+    scores = np.array([0.5, 0.4, 0.1, 0.05, 0.05, 0.01])
+    for target in (1.5, 2.0, 3.5, 5.0):
+        w = ess_weights(scores, target)
+        ess = 1 / np.sum(w ** 2)
+        assert ess >= target - 1e-6
+        # a 1% colder softmax would miss the target: the temperature is the smallest that works
+        t = (scores[0] - scores[1]) / np.log(w[0] / w[1])  # the temperature behind w
+        colder = softmax(scores / (0.99 * t))
+        assert 1 / np.sum(colder ** 2) < target
+    np.testing.assert_allclose(ess_weights(scores, 6.0), np.full(6, 1 / 6))
+    assert [released_ess_target(r, 3, 100) for r in range(3)] == [32.0, 16.0, 8.0]
+    assert released_ess_target(0, 3, 5) == 5.0
+
+
+def test_released_lambda_moves_halfway_to_its_target():
+    assert released_next_lambda(0.5, 1.0) == pytest.approx(0.5 * 0.5 + 0.5 * 0.15)
+    assert released_next_lambda(0.5, 0.0) == pytest.approx(0.5 * 0.5 + 0.5 * 0.95)
+    assert released_next_lambda(0.9, 0.5) == pytest.approx(0.5 * 0.9 + 0.5 * 0.55)
+
+
+def test_unknown_procedure_is_refused():
+    with pytest.raises(ValueError, match="procedure must be one of"):
+        CorpConfig(procedure="paper")

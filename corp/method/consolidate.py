@@ -32,6 +32,34 @@ or not (the released code also targets an effective sample size, 16 -> 4; we do 
 halves sigma; lam grows (more isotropic) when few members help.
 
 If nothing passes, the base model is returned and the result says why.
+
+Two procedures (CorpConfig.procedure):
+- "gated" (the default, for deployment): everything above; every commit passes a gate.
+- "released": the procedure of the released code (oooranz/CoRP, read 2026-11-26; use
+  CorpConfig.released() for its grids and defaults). Stage 1: the best of the q x beta x alpha grid
+  on the probe (mean reward; ties go to the first point in q, beta, alpha order), alpha a raw
+  multiple of the pass-2 mean, committed WITHOUT a gate (its gate statistics are still computed,
+  for the report). Stage 2 (released_stage2): members scored by fixes/regressions on the selection
+  half; the two-pass merge over all members by their selection-half mean reward, swept over
+  q x beta x eta (eta in {0.5, 1, 2} x the current step, which starts at the Stage-1 step and
+  becomes each accepted step); proposals ranked by (selection score, fixes - regressions), the first
+  to pass the gate (gate-half score > 0 and the paired LCB of the 0/1 correct differences > 0) goes
+  to a {0.5, 1, 2} line search on the probe; accepted if the probe's 0/1 LCB > 0 and its mean reward
+  does not drop. The cloud is rebuilt each round from the members with score > 0, weighted
+  softmax(score / T) with T the smallest temperature whose effective sample size reaches
+  min(#positive, 2 x (16, 8, 4)[round]); lambda moves halfway to 0.15 + 0.8 (1 - positive share)
+  each round; sigma halves on a rejection and stays on an acceptance; the search stops after
+  max_accept acceptances or max_reject consecutive rejections.
+  Where ours still differs from the released code, deliberately:
+  * geometry (norms, alignment, dispersion, step lengths) uses the exact inner products of the
+    seeded noises; the released code treats distinct seeds as orthonormal ("rss" norms);
+  * every parameter tensor has its own noise key (the released code reuses one seed for every
+    tensor), only the decoder's 2-D linear weights are perturbed by default (all of them there),
+    and a perturbed model is restored exactly from a backup (there: by subtracting the noise in
+    bf16);
+  * the proposal's low-rank part has its intended share of the energy (there it is scaled by
+    sigma twice, which leaves the sampler isotropic);
+  * splits come from our tasks (train / validation / test), not the released support/probe files.
 """
 
 from __future__ import annotations
@@ -49,6 +77,12 @@ from .perturb import Member, Perturber, parameter_key
 from .population import Record, check_rewards
 
 log = logging.getLogger("corp")
+
+
+RELEASED_QUANTILES = (0.5, 0.7, 0.9)
+RELEASED_BETAS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
+RELEASED_ALPHAS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+PROCEDURES = ("gated", "released")
 
 
 @dataclass
@@ -76,6 +110,21 @@ class CorpConfig:
     stage2_alphas: tuple[float, ...] = (0.5, 1.0, 2.0)
     regression_weight: float = 2.0
     seed: int = 0  # splits of the train set and Stage-2 seeds
+    procedure: str = "gated"  # or "released" (see the module docstring)
+
+    def __post_init__(self):
+        if self.procedure not in PROCEDURES:
+            raise ValueError(f"procedure must be one of {PROCEDURES}, got {self.procedure!r}")
+
+    @classmethod
+    def released(cls, **overrides) -> "CorpConfig":
+        """The released code's procedure with its run.sh defaults: the full 126-point Stage-1 grid,
+        raw alpha, 100 local members, regression weight 2. Overrides win (e.g. smaller grids)."""
+        defaults = dict(procedure="released", quantiles=RELEASED_QUANTILES, betas=RELEASED_BETAS,
+                        alphas=RELEASED_ALPHAS, alpha_units="raw", stage2_members=100,
+                        stage2_rounds=3, stage2_max_accept=2, stage2_max_reject=2,
+                        stage2_alphas=(0.5, 1.0, 2.0), regression_weight=2.0, gate_z=1.0)
+        return cls(**{**defaults, **overrides})
 
 
 @dataclass
@@ -205,6 +254,45 @@ def best_scoring_sigma(records: Sequence[Record]) -> float:
     return max(sorted(by_sigma), key=lambda s: np.mean(by_sigma[s]))
 
 
+def effective_sample_size(weights: np.ndarray) -> float:
+    return float(1.0 / np.sum(np.square(weights)))
+
+
+def ess_weights(scores: np.ndarray, target: float) -> np.ndarray:
+    """softmax(scores / T) with T the smallest temperature whose effective sample size is at least
+    `target` (uniform weights when target >= len(scores) or the scores are all equal)."""
+    scores = np.asarray(scores, float)
+    n = len(scores)
+    if target >= n or np.ptp(scores) == 0:
+        return np.full(n, 1.0 / n)
+    def ess(t):
+        return effective_sample_size(softmax(scores / t))
+    low, high = 1e-12, 1.0
+    while ess(high) < target:  # ESS grows with T towards n
+        low, high = high, high * 2
+    for _ in range(60):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if ess(mid) < target else (low, mid)
+    return softmax(scores / high)
+
+
+def released_ess_target(round_index: int, rounds: int, positives: int) -> float:
+    """min(#positive, 2 x the 16 -> 8 -> 4 geometric schedule), as the released code does."""
+    frac = round_index / max(rounds - 1, 1)
+    schedule = 16.0 * (4.0 / 16.0) ** frac
+    return float(min(positives, 2 * schedule))
+
+
+def released_next_lambda(lam: float, positive_share: float) -> float:
+    target = float(np.clip(0.15 + 0.8 * (1.0 - positive_share), 0.15, 0.95))
+    return float(np.clip(0.5 * lam + 0.5 * target, 0.05, 0.95))
+
+
+def fixes_minus_regressions(new_rewards, old_rewards) -> int:
+    new_c, old_c = is_correct(new_rewards), is_correct(old_rewards)
+    return int(np.sum(new_c & ~old_c) - np.sum(~new_c & old_c))
+
+
 def coefficient_norm(coeffs: np.ndarray, gram: np.ndarray) -> float:
     """|sum_j coeffs_j eps_j| under the exact Gram of the eps_j."""
     return float(np.sqrt(max(coeffs @ gram @ coeffs, 0.0)))
@@ -286,7 +374,9 @@ class Consolidator:
                 for alpha in cfg.alphas:
                     member = as_member(seeds, coeffs, alpha)
                     s = self.score(self.probe, member)
-                    candidates.append((s.reward, -alpha, q, beta, alpha, member, len(elite), s))
+                    # Ties: gated prefers the shorter step; released keeps the first point visited.
+                    tie = -alpha if cfg.procedure == "gated" else -len(candidates)
+                    candidates.append((s.reward, tie, q, beta, alpha, member, len(elite), s))
         best = max(candidates, key=lambda c: (c[0], c[1]))
         reward, _, q, beta, alpha, member, n_elite, s = best
         # The norm of the best Stage-1 step (committed or not): Stage 2's unit of step.
@@ -298,6 +388,14 @@ class Consolidator:
         detail = {"q": q, "beta": beta, "alpha": alpha, "elite": n_elite,
                   "probe_reward": reward, "probe_reward_base": base_probe.reward,
                   "candidates": len(candidates), "step_norm": self.stage1_step_norm}
+        if cfg.procedure == "released":
+            # Committed without a gate; the gate split's statistics are kept for the report.
+            base_gate, cand_gate = self.score(self.gate), self.score(self.gate, member)
+            detail.update(gate=paired_stats(cand_gate.rewards, base_gate.rewards, cfg.gate_z),
+                          gate_reward=cand_gate.reward, gate_reward_base=base_gate.reward,
+                          why="released procedure: Stage 1 is committed without a gate")
+            self.decisions.append(Decision("stage1", True, detail))
+            return member, (q, beta)
         if reward <= base_probe.reward:
             self.decisions.append(Decision("stage1", False, {**detail, "why": "no candidate beats "
                                                              "the base model on the probe split"}))
@@ -338,24 +436,11 @@ class Consolidator:
             raise RuntimeError("stage2 needs the Stage-1 step as its unit: run stage1 first")
         lam_mix = cfg.stage2_lambda
         accepted = rejected = 0
-        numel = self.perturber.numel
         for rnd in range(cfg.stage2_rounds):
             if accepted >= cfg.stage2_max_accept or rejected >= cfg.stage2_max_reject:
                 break
-            cloud_seeds, cloud_rows, cloud_w = cloud
-            dirs, lam = self.principal_directions(cloud_seeds, cloud_rows, cloud_w, cfg.stage2_rank)
-            rng = np.random.default_rng([cfg.seed, rnd, 0x5EC0])
-            new_seeds = [int(s) for s in rng.integers(0, 2**63 - 1, cfg.stage2_members,
-                                                      dtype=np.int64)]
-            seeds = list(cloud_seeds) + new_seeds
-            rows = np.zeros((len(new_seeds), len(seeds)))
-            share = np.sqrt(lam / lam.sum()) if len(lam) else np.zeros(0)
-            for i in range(len(new_seeds)):
-                rows[i, len(cloud_seeds) + i] = sigma * np.sqrt(lam_mix)
-                if len(lam):
-                    z = rng.standard_normal(len(lam))
-                    rows[i, :len(cloud_seeds)] = sigma * np.sqrt((1 - lam_mix) * numel) * \
-                        ((share * z) @ dirs)
+            cloud_rows = cloud[1]
+            seeds, rows = self.sample_proposals(cloud, sigma, lam_mix, rnd)
             cur_sel = self.score(self.selection)
             scores = np.array([fix_regression_score(
                 self.score(self.selection, as_member(seeds, row)).rewards, cur_sel.rewards,
@@ -417,6 +502,115 @@ class Consolidator:
             lam_mix = min(0.9, lam_mix + 0.2) if helping < 0.25 else max(0.1, lam_mix - 0.1)
         return update
 
+    def sample_proposals(self, cloud, sigma: float, lam_mix: float, rnd: int):
+        """(seeds, rows): stage2_members local members around the current model, each a row of
+        coefficients over `seeds` = the cloud's seeds + one fresh seed per member."""
+        cfg = self.config
+        cloud_seeds, cloud_rows, cloud_w = cloud
+        dirs, lam = self.principal_directions(cloud_seeds, cloud_rows, cloud_w, cfg.stage2_rank)
+        rng = np.random.default_rng([cfg.seed, rnd, 0x5EC0])
+        new_seeds = [int(x) for x in rng.integers(0, 2**63 - 1, cfg.stage2_members, dtype=np.int64)]
+        seeds = list(cloud_seeds) + new_seeds
+        rows = np.zeros((len(new_seeds), len(seeds)))
+        share = np.sqrt(lam / lam.sum()) if len(lam) else np.zeros(0)
+        for i in range(len(new_seeds)):
+            rows[i, len(cloud_seeds) + i] = sigma * np.sqrt(lam_mix)
+            if len(lam):
+                z = rng.standard_normal(len(lam))
+                rows[i, :len(cloud_seeds)] = sigma * np.sqrt((1 - lam_mix) * self.perturber.numel) \
+                    * ((share * z) @ dirs)
+        return seeds, rows
+
+    def released_stage2(self, update: Member | None, cloud, sigma: float, eta: float):
+        """Stage 2 as the released code runs it (module docstring); `eta` is the Stage-1 step."""
+        cfg = self.config
+        lam_mix = cfg.stage2_lambda
+        accepted = consecutive_rejects = 0
+        for rnd in range(cfg.stage2_rounds):
+            if accepted >= cfg.stage2_max_accept or consecutive_rejects >= cfg.stage2_max_reject:
+                break
+            seeds, rows = self.sample_proposals(cloud, sigma, lam_mix, rnd)
+            cur_sel = self.score(self.selection)
+            member_sel = [self.score(self.selection, as_member(seeds, row)) for row in rows]
+            scores = np.array([fix_regression_score(m.rewards, cur_sel.rewards,
+                                                    cfg.regression_weight) for m in member_sel])
+            mean_rewards = np.array([m.reward for m in member_sel])
+            gram = seed_gram(self.perturber, seeds)
+            member_gram = rows @ gram @ rows.T
+            # The sweep: two-pass merges over all members by selection-half mean reward.
+            cur_gate = self.score(self.gate_half)
+            proposals, seen = [], set()
+            for q in cfg.quantiles:
+                for beta in cfg.betas:
+                    elite, w2, _ = two_pass_weights(mean_rewards, member_gram, q, beta)
+                    merged = combine(seeds, rows[elite], w2)
+                    norm = coefficient_norm(merged, gram)
+                    key = (tuple(elite), tuple(np.round(w2, 12)))
+                    if norm == 0 or key in seen:
+                        continue
+                    seen.add(key)
+                    for mult in cfg.stage2_alphas:
+                        step = mult * eta
+                        member = as_member(seeds, merged, step / norm)
+                        sel = self.score(self.selection, member)
+                        gate = self.score(self.gate_half, member)
+                        proposals.append({
+                            "q": q, "beta": beta, "eta": step, "member": member,
+                            "selection_score": fix_regression_score(
+                                sel.rewards, cur_sel.rewards, cfg.regression_weight),
+                            "net_fixes": fixes_minus_regressions(sel.rewards, cur_sel.rewards),
+                            "gate_score": fix_regression_score(gate.rewards, cur_gate.rewards,
+                                                               cfg.regression_weight),
+                            "gate": paired_stats(is_correct(gate.rewards),
+                                                 is_correct(cur_gate.rewards), cfg.gate_z)})
+            proposals.sort(key=lambda p: (p["selection_score"], p["net_fixes"]), reverse=True)
+            passing = [p for p in proposals if p["gate_score"] > 0 and p["gate"]["lcb"] > 0]
+            chosen = passing[0] if passing else (proposals[0] if proposals else None)
+            positive_share = float(np.mean(scores > 0))
+            detail = {"round": rnd, "sigma": sigma, "lambda": lam_mix, "procedure": "released",
+                      "members_helping": positive_share, "proposals": len(proposals),
+                      "passing_gate": len(passing), "cloud_members": len(cloud[1]), "eta": eta}
+            ok = bool(passing)
+            if chosen is not None:
+                detail.update({k: chosen[k] for k in ("q", "beta", "selection_score",
+                                                      "gate_score", "gate")}, step=chosen["eta"])
+            if ok:
+                cur_probe = self.score(self.probe)
+                best = None
+                for mult in cfg.stage2_alphas:  # ties go to the smallest multiplier
+                    member = as_member(chosen["member"].seeds, np.array(chosen["member"].coeffs),
+                                       mult)
+                    s = self.score(self.probe, member)
+                    if best is None or s.reward > best[2].reward:
+                        best = (mult, member, s)
+                mult, member, s = best
+                probe = paired_stats(is_correct(s.rewards), is_correct(cur_probe.rewards),
+                                     cfg.gate_z)
+                ok = probe["lcb"] > 0 and s.reward >= cur_probe.reward
+                detail.update(line_search=mult, probe=probe, probe_reward=s.reward,
+                              probe_reward_before=cur_probe.reward)
+                if not ok:
+                    detail["why"] = "line search: probe LCB not > 0 or probe reward dropped"
+            else:
+                detail["why"] = "no proposal of the sweep passed the gate"
+            self.decisions.append(Decision("stage2", ok, detail))
+            log.info("stage 2 (released) round %d: sigma %.2g, %d/%d proposals pass the gate -> %s",
+                     rnd, sigma, len(passing), len(proposals), "accept" if ok else "reject")
+            if ok:
+                update = self.commit(update, member)
+                eta = mult * chosen["eta"]
+                accepted += 1
+                consecutive_rejects = 0
+            else:
+                consecutive_rejects += 1
+                sigma /= 2
+            helped = np.flatnonzero(scores > 0)
+            if len(helped):
+                target = released_ess_target(rnd, cfg.stage2_rounds, len(helped))
+                cloud = (seeds, rows[helped], ess_weights(scores[helped], target))
+            lam_mix = released_next_lambda(lam_mix, positive_share)
+        return update
+
     def run(self, records: Sequence[Record]) -> ConsolidationResult:
         check_rewards(records)
         rewards = np.array([r.reward for r in records])
@@ -435,11 +629,18 @@ class Consolidator:
         seeds = [records[i].seed for i in elite]
         rows = np.diag(sig[elite])
         sigma = self.config.stage2_sigma or best_scoring_sigma(records)
-        if self.config.stage2_rounds > 0:
+        if self.config.stage2_rounds > 0 and self.config.procedure == "released":
+            update = self.released_stage2(update, (seeds, rows, w2), sigma,
+                                          self.stage1_step_norm)
+        elif self.config.stage2_rounds > 0:
             update = self.stage2(update, (seeds, rows, w2), q, beta, sigma)
         self.perturber.restore_()
         if update is None:
             reason = "no update passed its gate (details in decisions); returning the base model"
+        elif self.config.procedure == "released":
+            reason = (f"released procedure: Stage 1 committed ungated, "
+                      f"{sum(d.accepted for d in self.decisions if d.stage == 'stage2')} Stage-2 "
+                      "update(s) accepted")
         else:
             reason = f"committed {sum(d.accepted for d in self.decisions)} gated update(s)"
         return ConsolidationResult(update, self.decisions, reason, self.stage1_candidate)
