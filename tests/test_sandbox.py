@@ -1,22 +1,210 @@
-"""The code sandbox: hostile programs score 0 and leave the host as it was."""
+"""The code sandbox: hostile programs score 0, forged results earn nothing, and the host is left as
+it was.
 
+Forgeries run in every confinement mode that works here (the protocol does not depend on the
+mode); escapes run in the namespaced modes (`process` mode has no mount or network namespace, and
+says so). An escape probe earns its reward only by reaching the host -- its function returns a
+secret planted in the host's /tmp or /dev/shm, or reads the repository -- so "scores 0" means it
+did not reach the host, and "no trace" that nothing it wrote is left outside.
+"""
+
+import dis
+import glob
+import json
 import os
+import secrets
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
+from corp.tasks import sandbox
 from corp.tasks.sandbox import run_tests
 
 TESTS = ["assert f(1) == 2", "assert f(5) == 6"]
+NAMESPACED = ("bwrap", "unshare")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORP_PEAK_MIB = 100  # corp's own peak-memory growth over a flooding program
 
 
-def test_correct_and_partly_correct_code():
-    assert run_tests("def f(x):\n    return x + 1", TESTS).fraction == 1.0
-    half = run_tests("def f(x):\n    return 2 if x == 1 else 0", TESTS)
+def _usable(kind):
+    try:
+        sandbox.confinement(kind)
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    return kind
+
+
+@pytest.fixture(params=sandbox.KINDS)
+def kind(request):
+    return _usable(request.param)
+
+
+@pytest.fixture(params=NAMESPACED)
+def namespaced(request):
+    return _usable(request.param)
+
+
+class Host:
+    """A secret planted where only a program that reaches the host can read it, and the paths a
+    probe may leave behind."""
+
+    def __init__(self):
+        self.token, self.secret = secrets.token_hex(6), secrets.token_hex(8)
+        self.markers = [f"{d}/corp-marker-{self.token}" for d in ("/tmp", "/dev/shm")]
+        for path in self.markers:
+            with open(path, "w") as f:
+                f.write(self.secret)
+            os.chmod(path, 0o644)
+        self.tests = [f"assert f(1) == {self.secret!r}"]
+
+    def traces(self):
+        return [path for d in ("/tmp", "/dev/shm")
+                for path in glob.glob(f"{d}/corp-escape-{self.token}*")]
+
+    def clean(self):
+        for path in self.traces() + self.markers:
+            os.remove(path)
+
+
+@pytest.fixture
+def host():
+    planted = Host()
+    yield planted
+    planted.clean()
+
+
+# --- the reward protocol ---
+
+def test_correct_and_partly_correct_code(kind):
+    assert run_tests("def f(x):\n    return x + 1", TESTS, confinement=kind).fraction == 1.0
+    half = run_tests("def f(x):\n    return 2 if x == 1 else 0", TESTS, confinement=kind)
     assert (half.passed, half.total, half.status) == (1, 2, "ok")
-    assert run_tests("def f(x) return", TESTS).fraction == 0.0  # syntax error
+    assert run_tests("def f(x) return", TESTS, confinement=kind).fraction == 0.0  # syntax error
 
+
+def test_the_parent_compares_plain_values():
+    code = ("import collections\ndef f(x):\n    return {'t': (x, [x]), 's': {x}, 'n': None, "
+            "'c': collections.Counter('aab'), 'inf': float('inf')}")
+    value = "{'t': (1, [1]), 's': {1}, 'n': None, 'c': {'a': 2, 'b': 1}, 'inf': %s}"
+    tests = ["assert f(1) == " + value % "1e999",
+             "assert f(1) == " + value.replace("(1, [1])", "[1, [1]]") % "1e999",  # list != tuple
+             "assert f(2.0) == {'t': (2, [2]), 's': {2}, 'n': None, 'c': {'a': 2, 'b': 1}, "
+             "'inf': 1e999}",  # 2.0 == 2, as in Python
+             "assert g() == 0"]  # g returns an object: not reportable, fails
+    result = run_tests(code + "\nclass Zero:\n    pass\ndef g():\n    return Zero()", tests)
+    assert (result.passed, result.status) == (2, "ok")
+
+
+@pytest.mark.parametrize("test", ["assert not f(1)", "assert f(1) == g(2)",
+                                  "assert f(1) == b'x'", "x = f(1)", "assert f(1) == 2; y = 1"])
+def test_tests_must_compare_with_a_literal(test):
+    with pytest.raises(ValueError, match="assert"):
+        run_tests("def f(x):\n    return x", [test])
+
+
+FORGERIES = {
+    "nonce pass line, early exit": (
+        "import __main__, os, sys\n"
+        "sys.stdout.write('\\n' + getattr(__main__, 'nonce', '') + '[true, true]\\n')\n"
+        "sys.stdout.flush()\nos._exit(0)"),
+    "lookup table from the harness's tests": (
+        "import gc, ast\ntable = {}\nfor obj in gc.get_objects():\n"
+        "    if isinstance(obj, list):\n        for item in obj:\n"
+        "            if isinstance(item, str) and item.startswith('assert f(') \\\n"
+        "                    and ') ==' in item:\n"
+        "                left, right = item[len('assert f('):].split(') ==')\n"
+        "                table[ast.literal_eval(left)] = ast.literal_eval(right.strip())\n"
+        "def f(x):\n    return table[x]"),
+    "object equal to everything": (
+        "class Anything:\n    def __eq__(self, other):\n        return True\n"
+        "def f(x):\n    return Anything()"),
+    "patched harness": (
+        "import __main__, json\nclass Yes(list):\n    def append(self, v):\n"
+        "        list.append(self, True)\n__main__.results = Yes()\n"
+        "__main__._encode = lambda v, depth=0: True\n"
+        "json.dumps = lambda *a, **k: '[true, true]'"),
+    "passing report on every fd": (
+        "import os\nfor fd in range(1, 20):\n    try:\n"
+        "        os.write(fd, b'[{\"value\": true}, {\"value\": true}]')\n"
+        "    except OSError:\n        pass\nos._exit(0)"),
+}
+
+
+@pytest.mark.parametrize("name", FORGERIES)
+def test_a_forged_result_earns_nothing(kind, name):
+    # None of these defines a working f; today's nonce protocol paid 1.0 for the first four.
+    assert run_tests(FORGERIES[name], TESTS, confinement=kind).fraction == 0.0
+
+
+# --- escapes: kernel confinement ---
+
+ESCAPES = {
+    "dir_fd write into /tmp": (
+        "import os\nd = os.open('/tmp', os.O_RDONLY)\n"
+        "fd = os.open('corp-escape-{token}-dirfd', os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=d)\n"
+        "os.write(fd, b'pwned')\nsecret = open('/tmp/corp-marker-{token}').read()\n", True),
+    "dir_fd write into /dev/shm": (
+        "import os\nd = os.open('/dev/shm', os.O_RDONLY)\n"
+        "fd = os.open('corp-escape-{token}-shm', os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=d)\n"
+        "os.write(fd, b'pwned')\nsecret = open('/dev/shm/corp-marker-{token}').read()\n", True),
+    "policy globals rebound, then ctypes": (
+        "import __main__\n__main__._MODULES = set()\n__main__._ALWAYS = ('never',)\n"
+        "__main__.root = ''\nimport ctypes\n"
+        "open('/tmp/corp-escape-{token}-policy', 'w').write('pwned')\n"
+        "secret = open('/tmp/corp-marker-{token}').read()\n", True),
+    "hook code swapped through gc, then ctypes": (
+        "import gc\nfor o in gc.get_objects():\n"
+        "    if type(o).__name__ == 'function' and o.__name__ == '_hook':\n"
+        "        o.__code__ = (lambda event, args, *rest, **kw: None).__code__\n"
+        "import ctypes\nopen('/tmp/corp-escape-{token}-gc', 'w').write('pwned')\n"
+        "secret = open('/tmp/corp-marker-{token}').read()\n", True),
+    "hook defaults swapped through gc": (
+        "import gc\nfor o in gc.get_objects():\n"
+        "    if type(o).__name__ == 'function' and o.__name__ == '_inside':\n"
+        "        o.__defaults__ = ('',) + o.__defaults__[1:]\n"
+        "open('/tmp/corp-escape-{token}-defaults', 'w').write('pwned')\n"
+        "secret = open('/tmp/corp-marker-{token}').read()\n", True),
+    "hook off: plain write into /tmp": (
+        "open('/tmp/corp-escape-{token}-nohook', 'w').write('pwned')\n"
+        "secret = open('/tmp/corp-marker-{token}').read()\n", False),
+    "hook off: 24 MiB into /tmp": (
+        "try:\n    for i in range(24):\n"
+        "        with open('/tmp/corp-escape-{token}-fill%d' % i, 'wb') as out:\n"
+        "            out.write(b'x' * ((1 << 20) - 1))\nexcept OSError:\n    pass\n"
+        "secret = open('/tmp/corp-marker-{token}').read()\n", False),
+}
+
+
+@pytest.mark.parametrize("name", ESCAPES)
+def test_an_escape_scores_0_and_leaves_no_trace(namespaced, host, name):
+    code, audit = ESCAPES[name]
+    code = code.format(token=host.token) + "def f(x):\n    return secret"
+    result = run_tests(code, host.tests, audit=audit, confinement=namespaced)
+    assert result.fraction == 0.0, result
+    assert host.traces() == []
+
+
+def test_the_program_sees_neither_the_repository_nor_corp(namespaced):
+    # The repository holds the reference solutions; /proc would show corp's command line.
+    code = (f"import os\nsource = os.path.exists({REPO!r} + '/corp/tasks/coding.py')\n"
+            f"proc = os.path.exists('/proc/{os.getpid()}/cmdline')\n"
+            f"etc = os.path.exists('/etc/passwd')\ndef f(x):\n    return [source, proc, etc]")
+    assert run_tests(code, ["assert f(1) == [False, False, False]"], audit=False,
+                     confinement=namespaced).fraction == 1.0
+
+
+def test_the_program_is_unprivileged(namespaced):
+    uid = 65534 if os.geteuid() == 0 else os.getuid()
+    code = ("import ctypes, os\nno_new_privs = ctypes.CDLL(None).prctl(39, 0, 0, 0, 0)\n"
+            "def f(x):\n    return [os.getuid(), no_new_privs]")
+    result = run_tests(code, [f"assert f(1) == [{uid}, 1]"], audit=False, confinement=namespaced)
+    assert (result.passed, result.status) == (1, "ok")
+
+
+# --- resources ---
 
 def test_infinite_loop_times_out():
     t = time.time()
@@ -39,6 +227,59 @@ def test_huge_allocation_fails_inside_the_child():
     assert result.fraction == 0.0 and result.status == "ok"  # MemoryError in every test
 
 
+_FLOOD_CHILD = r"""
+import importlib.util, json, resource, sys, time
+spec = importlib.util.spec_from_file_location("corp_sandbox_under_test", sys.argv[1])
+sandbox = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = sandbox
+spec.loader.exec_module(sandbox)
+kind = {"confinement": sys.argv[3]} if sys.argv[3] != "default" else {}
+sandbox.run_tests("def f(x):\n    return x + 1", ["assert f(1) == 2"], **kind)  # warm up
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+flood = ("import os\nchunk = b'x' * 65536\nwhile True:\n    try:\n        os.write(2, chunk)\n"
+         "    except OSError:\n        pass\n")
+start = time.time()
+result = sandbox.run_tests(flood, ["assert f(1) == 2"], timeout=float(sys.argv[2]), **kind)
+print(json.dumps({"status": result.status, "wall": time.time() - start,
+                  "grew_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))
+"""
+
+
+@pytest.mark.parametrize("confinement", ["default", *sandbox.KINDS])
+def test_a_stderr_flood_keeps_corp_small_and_the_timeout_wall_clock(confinement):
+    # Today's code buffered the whole stderr pipe: corp grew by 4.2 GiB and a 3 s timeout took 20 s.
+    if confinement != "default":
+        _usable(confinement)
+    timeout = 3.0 if confinement == "default" else 1.0
+    out = subprocess.run([sys.executable, "-c", _FLOOD_CHILD, sandbox.__file__, str(timeout),
+                          confinement], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    measured = json.loads(out.stdout.splitlines()[-1])
+    assert measured["status"] == "timeout"
+    assert measured["grew_mib"] < CORP_PEAK_MIB, measured
+    assert measured["wall"] < timeout + 1.5, measured
+
+
+def test_nothing_outlives_a_timeout(kind):
+    # The program swaps itself for a sleeping interpreter in a new session (hook off).
+    token = secrets.token_hex(6)
+    code = (f"import os\ntry:\n    os.setsid()\nexcept OSError:\n    pass\n"
+            f"os.execv('/usr/bin/python3', ['python3', '-c', 'import time; time.sleep(60)', "
+            f"'{token}'])")
+    assert run_tests(code, TESTS, timeout=1.0, audit=False, confinement=kind).status == "timeout"
+    left = []
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(cmdline, "rb") as f:
+                if token.encode() in f.read():
+                    left.append(cmdline)
+        except OSError:
+            pass
+    assert left == []
+
+
+# --- the audit hook (second layer) ---
+
 def test_write_outside_the_sandbox_is_blocked(tmp_path):
     target = tmp_path / "escaped.txt"
     code = (f"def f(x):\n    open({str(target)!r}, 'w').write('pwned')\n    return x + 1\n"
@@ -50,6 +291,15 @@ def test_write_outside_the_sandbox_is_blocked(tmp_path):
     assert run_tests(inside, TESTS).fraction == 1.0  # its own folder is writable
     remove = f"import os\nos.remove({str(tmp_path)!r})"
     assert run_tests(remove, TESTS).status == "blocked" and tmp_path.exists()
+
+
+def test_the_hook_reads_nothing_a_program_can_rebind():
+    # No global, builtin or closure lookups at call time: all it uses is bound as defaults.
+    scope = {"os": os, "ROOT": "/work"}
+    exec(sandbox._HOOK, scope)
+    for name in ("_hook", "_inside"):
+        loads = {i.opname for i in dis.get_instructions(scope[name])}
+        assert not loads & {"LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF", "LOAD_CLASSDEREF"}, name
 
 
 @pytest.fixture
@@ -74,25 +324,35 @@ def test_network_call_is_blocked(listener):
         listener.accept()
 
 
-def test_a_printed_fake_result_is_not_believed():
-    code = "print('\\n' + 'a' * 32 + '[true, true]')\ndef f(x):\n    return 0"
-    assert run_tests(code, TESTS).fraction == 0.0
+# --- the kernel on its own (hook off) ---
 
-
-# The kernel layer on its own (Python policy off): limits that hold even if the policy is bypassed.
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="network namespace needs root")
-
-
-def test_without_the_policy_fork_still_fails():
+def test_without_the_hook_fork_still_fails(kind):
     code = ("import os\ntry:\n    pid = os.fork()\n    if pid == 0:\n        os._exit(0)\n"
-            "    forked = True\nexcept OSError:\n    forked = False\n")
-    assert run_tests(code, ["assert not forked"], audit=False).fraction == 1.0
+            "    forked = True\nexcept OSError:\n    forked = False\ndef f(x):\n    return forked")
+    assert run_tests(code, ["assert f(1) == False"], audit=False,
+                     confinement=kind).fraction == 1.0
 
 
-@root_only
-def test_without_the_policy_the_network_is_unreachable(listener):
+def test_without_the_hook_the_network_is_unreachable(namespaced, listener):
     code = _connect_code(listener.getsockname()[1]) + "f(0)\n"
-    result = run_tests(code, TESTS, audit=False)
+    result = run_tests(code, TESTS, audit=False, confinement=namespaced)
     assert result.fraction == 0.0
     with pytest.raises(socket.timeout):
         listener.accept()
+
+
+# --- what corp says about it ---
+
+def test_confinement_is_described_and_logged_once(caplog):
+    description = sandbox.confinement()
+    assert description.kind in sandbox.KINDS and str(description).startswith("code sandbox: ")
+    assert "\n" not in str(description)
+    if description.kind in NAMESPACED:
+        assert any("network namespace" in layer for layer in description.layers)
+        assert any("mount namespace" in layer for layer in description.layers)
+    assert any("mount namespace" in lack for lack in sandbox.confinement("process").lacks)
+    sandbox._announce.cache_clear()
+    with caplog.at_level("INFO", logger="corp"):
+        run_tests("def f(x):\n    return x + 1", TESTS)
+        run_tests("def f(x):\n    return x + 1", TESTS)
+    assert [r.getMessage() for r in caplog.records] == [str(description)]
