@@ -78,9 +78,22 @@ class TextEvaluator:
                 out[row // len(chunk)].append(self.codec.decode(new[row].tolist()))
         return out
 
+    def rewards(self, answers: list, examples: list[Example]) -> np.ndarray:
+        """The task's reward for each answer; a NaN or infinite one is an error naming the task
+        and the prompt (it would scramble every ranking of members downstream)."""
+        rewards = np.array([self.task.score(a, e) for a, e in zip(answers, examples)], dtype=float)
+        bad = np.flatnonzero(~np.isfinite(rewards))
+        if len(bad):
+            i, name = int(bad[0]), getattr(self.task, "name", type(self.task).__name__)
+            raise ValueError(f"task {name!r} gave reward {rewards[i]} to the answer "
+                             f"{answers[i]!r} for prompt {examples[i].prompt[:200]!r} ({len(bad)} "
+                             f"of {len(rewards)} rewards non-finite): rewards must be finite "
+                             f"numbers; fix the task's score()")
+        return rewards
+
     def score_completions(self, completions: list[str], examples: list[Example]) -> Scores:
         answers = [self.task.parse(c) for c in completions]
-        rewards = np.array([self.task.score(a, e) for a, e in zip(answers, examples)], dtype=float)
+        rewards = self.rewards(answers, examples)
         return Scores(rewards, rewards >= 1.0, answers)
 
     def __call__(self, model, examples: list[Example]) -> Scores:
@@ -93,5 +106,5 @@ class TextEvaluator:
 
     def score_answers(self, answers: list, examples: list[Example]) -> Scores:
         """Scores of given parsed answers (a majority vote's)."""
-        rewards = np.array([self.task.score(a, e) for a, e in zip(answers, examples)], dtype=float)
+        rewards = self.rewards(answers, examples)
         return Scores(rewards, rewards >= 1.0, list(answers))

@@ -140,7 +140,8 @@ def test_streaming_consolidation_split_by_layer_across_ranks(setup, tmp_path):
                 f.write(json.dumps(Record(s, 1e-2, float(i % 4), 0.0, [0.0], [False]).__dict__)
                         + "\n")
         args = ["-m", "corp", "consolidate", "--streaming", "--model", str(setup / "model"),
-                "--output-dir", str(out), "--max-rank", "4", "--no-progress"]
+                "--output-dir", str(out), "--population", "6", "--top-k", "6", "--max-rank", "4",
+                "--no-progress"]
         if label == "single":
             subprocess.run([sys.executable, *args], env=_env(), check=True, timeout=300,
                            capture_output=True)
@@ -156,3 +157,35 @@ def test_streaming_consolidation_split_by_layer_across_ranks(setup, tmp_path):
         assert sorted(one) == sorted(two)
         for key in one:
             assert __import__("torch").equal(one[key], two[key]), key
+
+
+def test_read_logs_refuses_a_member_with_different_results_in_two_logs(tmp_path):
+    from corp.method.population import Record, member_seeds
+    from corp.scale.distributed import read_logs
+    header = {"k": 1}
+    seeds = member_seeds(3)
+    recs = [Record(s, 0.01, 0.5, 0.5, [0.5], [False]) for s in seeds]
+    for name, part in (("population.rank0.jsonl", recs[:2]), ("population.rank1.jsonl", recs[2:]),
+                       ("population.jsonl", recs)):  # the merged log repeats the rank logs
+        (tmp_path / name).write_text("\n".join(json.dumps(x) for x in
+                                               [{"header": header}, *(r.__dict__ for r in part)])
+                                     + "\n")
+    assert sorted(read_logs(str(tmp_path), header)) == sorted(seeds)
+    other = {**recs[2].__dict__, "reward": 0.75, "rewards": [0.75]}
+    with open(tmp_path / "population.rank0.jsonl", "a") as f:
+        f.write(json.dumps(other) + "\n")
+    with pytest.raises(ValueError, match=rf"member {seeds[2]} is logged with different results "
+                                         rf"at .*population.jsonl:4 and .*population.rank0."
+                                         rf"jsonl:4"):
+        read_logs(str(tmp_path), header)
+
+
+def test_a_torchrun_search_stops_when_the_folder_is_being_written(setup, tmp_path):
+    from corp.method.population import PopulationLog
+    out = tmp_path / "dist"
+    with PopulationLog(str(out / "population.jsonl"), {}, defer_header=True):  # another search
+        proc = torchrun(setup, out, 16, "inplace", wait=False)
+        text = proc.communicate(timeout=300)[0].decode(errors="replace")
+    assert proc.returncode != 0
+    assert f"being written by another process (pid {os.getpid()} on" in text
+    assert not list(out.glob("population.rank*.jsonl"))  # nothing was evaluated

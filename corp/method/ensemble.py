@@ -6,6 +6,7 @@ the better-ranked member among the tied ones. K forward passes per example.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 
@@ -20,6 +21,10 @@ def top_k(records: Sequence[Record], k: int) -> list[Record]:
         raise ValueError("the population is empty: run `corp search` first")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(records):
         raise ValueError(f"K must be an int in [1, N={len(records)}], got {k!r}")
+    bad = [r.seed for r in records if not math.isfinite(r.reward)]
+    if bad:  # a NaN sorts anywhere and scrambles the ranking
+        raise ValueError(f"{len(bad)} member(s) have a NaN or infinite reward (seed {bad[0]} "
+                         "first): the population log is damaged; rerun their evaluation")
     order = sorted(range(len(records)), key=lambda i: (-records[i].reward, i))
     return [records[i] for i in order[:k]]
 

@@ -2,9 +2,23 @@
 
 Each evaluated member is appended to a JSONL log as soon as it is scored (flushed and fsynced), so
 an interrupted search loses at most the members in flight. Rerunning the same command reads the
-log, skips what is there and evaluates only the rest; a log written for a different model, task or
-spec is refused instead of being mixed in. A truncated last line (a kill mid-write) is dropped and
-that member is evaluated again.
+log, skips what is there and evaluates only the rest.
+
+The log is a small database with one writer:
+
+- a header line records the search (model, task, train prompts, parameters, sigmas, population
+  seed) and the model's fingerprint: the (name, shape, dtype) of every perturbed parameter and a
+  short hash of them. A log of another search or another model is refused, naming what differs;
+  a log from before fingerprints is accepted with a warning (its other fields still match);
+- the writer holds an exclusive `fcntl.flock` on `<log>.lock` for its lifetime (the file holds its
+  pid and host), so a second search on the same folder stops at once instead of interleaving;
+  the header is written to a temporary file and renamed into place under that lock;
+- every line is checked when read: a corrupt line, a record of another search, a non-finite
+  reward, or one seed logged twice with different results is an error naming the file and line.
+  The same record twice (a resumed run) is tolerated. A truncated last line (a kill mid-write) is
+  dropped and that member is evaluated again;
+- rewards are checked where they are produced: a NaN or infinite reward stops the search with
+  the member, the example and its prompt named, before anything is logged.
 
 Member seeds are the first N values of a fixed stream derived from `population_seed`, and each
 member's sigma is drawn from `sigmas` by its seed, so shards and reruns agree on every member.
@@ -12,14 +26,19 @@ member's sigma is drawn from `sigmas` by its seed, so shards and reruns agree on
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
+import math
 import os
 import random
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from ..evaluate import Scores
@@ -66,57 +85,316 @@ class Record:
         return Member.single(self.seed, self.sigma)
 
 
-def read_log(path: str) -> tuple[dict | None, list[Record], bool]:
-    """(header, records, partial) of a population log, read-only. The part after the last newline
-    is an unfinished write (partial=True) and is left out; an empty log has header None."""
-    with open(path) as f:
-        lines = f.read().split("\n")
+class PopulationLogError(ValueError):
+    """A population log that cannot be used as it is: the message names the file (and line) and
+    what to do."""
+
+
+# -- the model's fingerprint -----------------------------------------------------------------------
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def fingerprint(parameters: Iterable[tuple[str, Sequence[int], torch.dtype | str]]) -> dict:
+    """{"sha256": 16 hex digits, "parameters": [[name, shape, dtype], ...]} of (name, shape,
+    dtype) triples, in the given order. The same for the model in memory (`model_fingerprint`)
+    and for a safetensors checkpoint read from its headers alone."""
+    entries = [[str(name), [int(d) for d in shape],
+                dtype if isinstance(dtype, str) else dtype_name(dtype)]
+               for name, shape, dtype in parameters]
+    digest = hashlib.sha256(json.dumps(entries, separators=(",", ":")).encode()).hexdigest()
+    return {"sha256": digest[:16], "parameters": entries}
+
+
+def model_fingerprint(named_parameters: Iterable[tuple[str, torch.Tensor]]) -> dict:
+    """Fingerprint of the perturbed parameters, e.g. `Perturber.params`."""
+    return fingerprint((name, tuple(p.shape), p.dtype) for name, p in named_parameters)
+
+
+def fingerprint_differences(logged: dict, actual: dict, dtypes: bool = True,
+                            limit: int = 3) -> list[str]:
+    """What differs between two fingerprints, in words (empty when they agree). `dtypes=False`
+    compares names and shapes only."""
+    if dtypes and logged.get("sha256") == actual.get("sha256"):
+        return []
+    old = {name: (tuple(shape), dtype) for name, shape, dtype in logged.get("parameters", [])}
+    new = {name: (tuple(shape), dtype) for name, shape, dtype in actual.get("parameters", [])}
+    out = []
+    missing = [n for n in old if n not in new]
+    extra = [n for n in new if n not in old]
+    if missing:
+        out.append(f"{len(missing)} logged parameters are not in the model, e.g. {missing[:limit]}")
+    if extra:
+        out.append(f"{len(extra)} of the model's parameters are not in the log, e.g. "
+                   f"{extra[:limit]}")
+    shapes = [f"{n} {list(old[n][0])} in the log, {list(new[n][0])} in the model"
+              for n in old if n in new and old[n][0] != new[n][0]]
+    if shapes:
+        out.append(f"{len(shapes)} parameters have other shapes: {'; '.join(shapes[:limit])}")
+    if dtypes:
+        kinds = [f"{n} {old[n][1]} in the log, {new[n][1]} in the model"
+                 for n in old if n in new and old[n][1] != new[n][1]]
+        if kinds:
+            out.append(f"{len(kinds)} parameters have other dtypes: {'; '.join(kinds[:limit])}")
+    if not out and [n for n in old] != [n for n in new]:
+        out.append("the parameters are listed in another order")
+    return out
+
+
+def check_header(path: str, found: dict, expected: dict) -> None:
+    """Refuse a log whose header is not `expected`, naming what differs; accept a log written
+    before fingerprints with a warning (see the module docstring)."""
+    found_fp, expected_fp = found.get("fingerprint"), expected.get("fingerprint")
+    diffs = []
+    for key in sorted((set(found) | set(expected)) - {"fingerprint"}):
+        a, b = found.get(key, "(absent)"), expected.get(key, "(absent)")
+        if a == b:
+            continue
+        if isinstance(a, list) and isinstance(b, list) and len(a) + len(b) > 8:
+            at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            diffs.append(f"{key}: {len(a)} entries in the log, {len(b)} now, the first "
+                         f"difference at index {at}")
+        else:
+            diffs.append(f"{key}: {a!r} in the log, {b!r} now")
+    if found_fp is not None and found_fp != expected_fp:
+        diffs += (fingerprint_differences(found_fp, expected_fp) if expected_fp
+                  else ["the log has a model fingerprint, this caller none"])
+    if diffs:
+        raise PopulationLogError(
+            f"{path} was written by a different search ({'; '.join(diffs)}); use another "
+            f"--output-dir, or delete the log to start this search from scratch")
+    if found_fp is None and expected_fp is not None:
+        log.warning("%s has no model fingerprint (written before corp recorded one): its "
+                    "model, task and parameter names match, but the parameters' shapes and "
+                    "dtypes cannot be checked", path)
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+_FIELDS = tuple(Record.__dataclass_fields__)
+
+
+def _damaged(path: str, lineno: int, what: str) -> PopulationLogError:
+    return PopulationLogError(
+        f"{path}:{lineno}: {what}. Delete that line (its member is evaluated again by the next "
+        f"`corp search`), or use another --output-dir")
+
+
+def _record(path: str, lineno: int, obj, header: dict) -> Record:
+    """A member record from a parsed line, checked against itself and the header."""
+    if not isinstance(obj, dict) or set(obj) != set(_FIELDS):
+        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise _damaged(path, lineno, f"not a member record (fields {keys}, expected "
+                                     f"{sorted(_FIELDS)})")
+    rec = Record(**obj)
+    if not isinstance(rec.seed, int) or isinstance(rec.seed, bool):
+        raise _damaged(path, lineno, f"seed {rec.seed!r} is not an integer")
+    try:
+        values = [float(rec.reward), *map(float, rec.rewards)]
+    except (TypeError, ValueError):
+        raise _damaged(path, lineno, f"member {rec.seed} has a reward that is not a number")
+    if not all(map(math.isfinite, values)):
+        raise PopulationLogError(
+            f"{path}:{lineno}: member {rec.seed} has a NaN or infinite reward (written before "
+            f"corp checked rewards); fix the task's reward, delete that line and run "
+            f"`corp search` again to evaluate the member again")
+    if "sigmas" in header and rec.sigma != member_sigma(rec.seed, header["sigmas"]):
+        raise _damaged(path, lineno, f"member {rec.seed} has sigma {rec.sigma}, but this search "
+                                     f"draws {member_sigma(rec.seed, header['sigmas'])} for it: "
+                                     f"the line comes from another search")
+    if "train" in header and len(rec.rewards) != len(header["train"]):
+        raise _damaged(path, lineno, f"member {rec.seed} has {len(rec.rewards)} rewards for "
+                                     f"{len(header['train'])} train examples: the line comes "
+                                     f"from another search")
+    return rec
+
+
+def read_log_lines(path: str) -> tuple[dict | None, dict[int, tuple[int, Record]], bool]:
+    """(header, {seed: (line number, record)}, partial) of a population log, read-only and
+    checked line by line (see the module docstring). The part after the last newline is an
+    unfinished write (partial=True) and is left out; a log with no complete line has header
+    None."""
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
     complete, partial = lines[:-1], bool(lines[-1])
-    if not complete:
-        return None, [], partial
-    header = json.loads(complete[0]).get("header")
-    return header, [Record(**json.loads(line)) for line in complete[1:]], partial
+    header, records = None, {}
+    for lineno, raw in enumerate(complete, 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            what = (f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError)
+                    else "not UTF-8 text")
+            if header is None:
+                raise PopulationLogError(f"{path}:{lineno}: the header line is damaged ({what}); "
+                                         f"delete the log or use another --output-dir")
+            raise _damaged(path, lineno, f"not a JSON line ({what})")
+        if header is None:
+            if not isinstance(obj, dict) or not isinstance(obj.get("header"), dict):
+                raise PopulationLogError(f"{path}:{lineno}: the first line is not a population "
+                                         f"log header; is this a population log?")
+            header = obj["header"]
+            continue
+        rec = _record(path, lineno, obj, header)
+        if rec.seed in records:
+            first, seen = records[rec.seed]
+            if seen != rec:
+                raise PopulationLogError(
+                    f"{path}: member {rec.seed} is logged twice with different results (lines "
+                    f"{first} and {lineno}); one of them comes from another run. Delete the "
+                    f"wrong line (or both, to evaluate the member again)")
+            continue  # the same record again (a resumed run): tolerated
+        records[rec.seed] = (lineno, rec)
+    return header, records, partial
+
+
+def read_log(path: str) -> tuple[dict | None, list[Record], bool]:
+    """(header, records, partial) of a population log, read-only and checked (see
+    `read_log_lines`); each seed once, in log order."""
+    header, records, partial = read_log_lines(path)
+    return header, [rec for _, rec in records.values()], partial
+
+
+def read_records(path: str, header: dict) -> dict[int, Record]:
+    """{seed: record} of the log at `path` if it is one of the search `header` describes (see
+    `check_header`); {} when there is no log yet. Read-only: no lock, nothing written."""
+    if not os.path.exists(path):
+        return {}
+    found, records, _ = read_log(path)
+    if found is None:
+        return {}
+    check_header(path, found, header)
+    return {rec.seed: rec for rec in records}
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+def _lock(path: str) -> int:
+    """An exclusive flock on `<path>.lock`, held until its descriptor is closed; the file holds
+    the holder's pid and host for the next one's error message."""
+    lock_path = path + ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise PopulationLogError(
+            f"{path} is being written by another process (pid {holder}, which holds "
+            f"{lock_path}): two searches on one log would evaluate members twice and interleave "
+            f"their lines. Wait for it to finish (or stop it), or give this run another "
+            f"--output-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd
 
 
 class PopulationLog:
-    """Append-only JSONL: a header line {"header": {...}}, then one line per member."""
+    """Append-only JSONL: a header line {"header": {...}}, then one line per member. The one
+    writer of its file: holds the log's lock from construction to `close()` (or the end of a
+    `with` block). `defer_header`: a new log's header is written with its first record instead of
+    at once (a distributed search holds the merged log's lock from its start, but writes the log
+    only at its end)."""
 
-    def __init__(self, path: str, header: dict):
+    def __init__(self, path: str, header: dict, defer_header: bool = False):
         self.path, self.header = path, header
         self.records: dict[int, Record] = {}
-        if os.path.exists(path):
-            self._load()
-        else:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self._append({"header": header})
+        self._file = None
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._lock_fd: int | None = _lock(path)
+        try:
+            found = self._load() if os.path.exists(path) else None
+            if found is None and not defer_header:
+                self._create()
+            if found is not None or not defer_header:
+                self._file = open(path, "a")
+        except BaseException:
+            self.close()
+            raise
 
-    def _load(self) -> None:
+    def _load(self) -> dict | None:
         header, records, partial = read_log(self.path)
         if partial:
             log.warning("%s: dropping a truncated last line (interrupted write)", self.path)
             with open(self.path, "rb+") as f:  # cut it off, so appends stay line-aligned
                 f.truncate(f.read().rfind(b"\n") + 1)
         if header is None:
-            self._append({"header": self.header})
-            return
-        if header != self.header:
-            raise ValueError(f"{self.path} was written by a different search "
-                             f"(header {header} != {self.header}); use another "
-                             f"output directory or delete the log")
-        for rec in records:
-            self.records[rec.seed] = rec
+            return None
+        check_header(self.path, header, self.header)
+        self.records = {rec.seed: rec for rec in records}
+        return header
 
-    def _append(self, obj: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(obj) + "\n")
+    def _create(self) -> None:
+        """The header, written to a temporary file and renamed into place (under the lock)."""
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(json.dumps({"header": self.header}) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def add(self, record: Record) -> None:
-        if record.seed in self.records:
+        """Log a member; the same record again is a no-op, another result for a logged seed
+        an error."""
+        if self._lock_fd is None:
+            raise PopulationLogError(f"{self.path} is closed")
+        known = self.records.get(record.seed)
+        if known is not None:
+            if known != record:
+                raise PopulationLogError(f"{self.path}: member {record.seed} is already logged "
+                                         f"with another result (reward {known.reward} against "
+                                         f"{record.reward})")
             return
+        if not all(map(math.isfinite, [record.reward, *record.rewards])):
+            raise PopulationLogError(f"member {record.seed}: NaN or infinite reward, not logged "
+                                     f"to {self.path}")
+        if self._file is None:  # a deferred header
+            self._create()
+            self._file = open(self.path, "a")
         self.records[record.seed] = record
-        self._append(record.__dict__)
+        self._file.write(json.dumps(record.__dict__) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> "PopulationLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_lock_fd", None) is not None:
+            self.close()
+
+
+def member_record(member: Member, scores: Scores, evaluator, examples) -> Record:
+    """The record of a scored member; a NaN or infinite reward is refused here, before it is
+    logged, naming the task, the example and its prompt."""
+    seed = member.seeds[0]
+    rewards = np.asarray(scores.rewards, dtype=float)
+    if len(rewards) != len(examples):
+        raise ValueError(f"the evaluator returned {len(rewards)} rewards for {len(examples)} "
+                         f"train examples (member {seed})")
+    bad = np.flatnonzero(~np.isfinite(rewards))
+    if len(bad):
+        i = int(bad[0])
+        task = getattr(getattr(evaluator, "task", None), "name", None) or type(evaluator).__name__
+        prompt = getattr(examples[i], "prompt", examples[i])
+        raise ValueError(f"task {task!r} gave reward {rewards[i]} to train example {i} "
+                         f"(prompt {str(prompt)[:200]!r}) for member {seed} ({len(bad)} of "
+                         f"{len(rewards)} examples non-finite): rewards must be finite numbers; "
+                         f"fix the task's reward. Nothing was logged for this member")
+    return Record.from_scores(seed, member.coeffs[0], scores)
 
 
 def iter_member_scores(perturber: Perturber, evaluator, examples, members: Sequence[Member],
@@ -144,20 +422,20 @@ def search(perturber: Perturber, evaluator, examples, seeds: Sequence[int],
            sigmas: Sequence[float], log_path: str, header: dict, mode: str = "auto",
            population_batch: int = 16, progress: bool = True) -> list[Record]:
     """Evaluate every seed not yet in the log; return all records in `seeds` order."""
-    pop_log = PopulationLog(log_path, header)
-    todo = [s for s in seeds if s not in pop_log.records]
-    if len(todo) < len(seeds):
-        log.info("resuming: %d of %d members already in %s", len(seeds) - len(todo), len(seeds),
-                 log_path)
-    bar = tqdm(total=len(seeds), initial=len(seeds) - len(todo), desc="members", unit="member",
-               disable=not progress)
-    members = [Member.single(s, member_sigma(s, sigmas)) for s in todo]
-    for m, scores in iter_member_scores(perturber, evaluator, examples, members, mode,
-                                        population_batch):
-        pop_log.add(Record.from_scores(m.seeds[0], m.coeffs[0], scores))
-        bar.update(1)
-    bar.close()
-    return [pop_log.records[s] for s in seeds]
+    with PopulationLog(log_path, header) as pop_log:
+        todo = [s for s in seeds if s not in pop_log.records]
+        if len(todo) < len(seeds):
+            log.info("resuming: %d of %d members already in %s", len(seeds) - len(todo),
+                     len(seeds), log_path)
+        bar = tqdm(total=len(seeds), initial=len(seeds) - len(todo), desc="members",
+                   unit="member", disable=not progress)
+        members = [Member.single(s, member_sigma(s, sigmas)) for s in todo]
+        for m, scores in iter_member_scores(perturber, evaluator, examples, members, mode,
+                                            population_batch):
+            pop_log.add(member_record(m, scores, evaluator, examples))
+            bar.update(1)
+        bar.close()
+        return [pop_log.records[s] for s in seeds]
 
 
 def check_rewards(records: Sequence[Record]) -> None:

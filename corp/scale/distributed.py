@@ -10,6 +10,9 @@ rank loses at most the members in flight); at the end rank 0 gathers every recor
 ordinary `population.jsonl`, in seed order, which is byte-for-byte the file a single process
 writes for the same seeds. On restart (same command, any number of ranks), every rank first reads
 all logs, read-only, and only then does anyone write, so no logged member is evaluated again.
+Each rank holds its rank log's lock, and rank 0 holds population.jsonl's from the start, so a
+second search on the folder (one process or another job) is refused before it evaluates anything;
+a member logged with different results in two of the logs is an error naming both lines.
 
 Shards are whole groups of `population_batch` consecutive todo seeds, dealt round-robin, so in
 population mode each member runs in the same batch as in a single-process run and the rewards
@@ -25,7 +28,9 @@ import os
 import torch
 
 from ..method.perturb import Member
-from ..method.population import PopulationLog, Record, iter_member_scores, member_sigma, read_log
+from ..method.population import (PopulationLog, PopulationLogError, Record, check_header,
+                                 iter_member_scores, member_record, member_sigma,
+                                 read_log_lines)
 
 log = logging.getLogger("corp")
 
@@ -44,23 +49,28 @@ def init_from_env(device: str = "cpu") -> tuple[int, int]:
 
 
 def read_logs(output_dir: str, header: dict) -> dict[int, Record]:
-    """Every record in population.jsonl and population.rank*.jsonl, read-only: a truncated last
-    line (a rank killed mid-write) is ignored, a log of another search is refused."""
-    records: dict[int, Record] = {}
+    """Every record in population.jsonl and population.rank*.jsonl, read-only and checked line by
+    line: a truncated last line (a rank killed mid-write) is ignored, a log of another search is
+    refused, and a member logged with different results in two places is an error naming both
+    (the same record in the rank log and the merged log is expected)."""
+    records: dict[int, tuple[str, Record]] = {}
     paths = [os.path.join(output_dir, "population.jsonl")]
     paths += sorted(glob.glob(os.path.join(output_dir, "population.rank*.jsonl")))
     for path in paths:
         if not os.path.exists(path):
             continue
-        found, logged, _ = read_log(path)
+        found, logged, _ = read_log_lines(path)
         if found is None:
             continue
-        if found != header:
-            raise ValueError(f"{path} was written by a different search; use another output "
-                             f"directory or delete the logs")
-        for rec in logged:
-            records.setdefault(rec.seed, rec)
-    return records
+        check_header(path, found, header)
+        for seed, (lineno, rec) in logged.items():
+            where, known = records.setdefault(seed, (f"{path}:{lineno}", rec))
+            if known != rec:
+                raise PopulationLogError(
+                    f"member {seed} is logged with different results at {where} and "
+                    f"{path}:{lineno}; one of them comes from another run. Delete the wrong line "
+                    f"(or both, to evaluate the member again)")
+    return {seed: rec for seed, (_, rec) in records.items()}
 
 
 def shard(todo: list[int], rank: int, world: int, group: int) -> list[int]:
@@ -74,29 +84,38 @@ def distributed_search(perturber, evaluator, examples, seeds, sigmas, output_dir
     import torch.distributed as dist
     from tqdm.auto import tqdm
     rank, world = dist.get_rank(), dist.get_world_size()
-    done = read_logs(output_dir, header)
-    dist.barrier()  # everyone has read before anyone writes
-    todo = [s for s in seeds if s not in done]
-    mine = shard(todo, rank, world, population_batch)
-    log.info("rank %d/%d: %d members logged before, %d to evaluate here", rank, world,
-             len(seeds) - len(todo), len(mine))
-    rank_log = PopulationLog(os.path.join(output_dir, f"population.rank{rank}.jsonl"), header)
-    members = [Member.single(s, member_sigma(s, sigmas)) for s in mine]
-    bar = tqdm(total=len(mine), desc=f"members (rank {rank})", unit="member",
-               disable=not progress, position=rank)
-    for m, scores in iter_member_scores(perturber, evaluator, examples, members, mode,
-                                        population_batch):
-        rank_log.add(Record.from_scores(m.seeds[0], m.coeffs[0], scores))
-        bar.update(1)
-    bar.close()
-    parts: list = [None] * world
-    dist.all_gather_object(parts, [rank_log.records[s].__dict__ for s in mine])
-    for part in parts:
-        for rec in part:
-            done.setdefault(rec["seed"], Record(**rec))
-    if rank == 0:
-        merged = PopulationLog(os.path.join(output_dir, "population.jsonl"), header)
-        for s in seeds:
-            merged.add(done[s])
+    # rank 0 holds the merged log's lock from the start, so a second search on this folder (one
+    # process or another torchrun job) stops before evaluating anything
+    merged = PopulationLog(os.path.join(output_dir, "population.jsonl"), header,
+                           defer_header=True) if rank == 0 else None
+    try:
+        done = read_logs(output_dir, header)
+        dist.barrier()  # everyone has read before anyone writes
+        todo = [s for s in seeds if s not in done]
+        mine = shard(todo, rank, world, population_batch)
+        log.info("rank %d/%d: %d members logged before, %d to evaluate here", rank, world,
+                 len(seeds) - len(todo), len(mine))
+        with PopulationLog(os.path.join(output_dir, f"population.rank{rank}.jsonl"),
+                           header) as rank_log:
+            members = [Member.single(s, member_sigma(s, sigmas)) for s in mine]
+            bar = tqdm(total=len(mine), desc=f"members (rank {rank})", unit="member",
+                       disable=not progress, position=rank)
+            for m, scores in iter_member_scores(perturber, evaluator, examples, members, mode,
+                                                population_batch):
+                rank_log.add(member_record(m, scores, evaluator, examples))
+                bar.update(1)
+            bar.close()
+            mine_records = [rank_log.records[s].__dict__ for s in mine]
+        parts: list = [None] * world
+        dist.all_gather_object(parts, mine_records)
+        for part in parts:
+            for rec in part:
+                done.setdefault(rec["seed"], Record(**rec))
+        if merged is not None:
+            for s in seeds:
+                merged.add(done[s])
+    finally:
+        if merged is not None:
+            merged.close()
     dist.barrier()
     return [done[s] for s in seeds]
