@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -356,3 +357,196 @@ def test_confinement_is_described_and_logged_once(caplog):
         run_tests("def f(x):\n    return x + 1", TESTS)
         run_tests("def f(x):\n    return x + 1", TESTS)
     assert [r.getMessage() for r in caplog.records] == [str(description)]
+
+
+# --- review findings (issue 13, part 2) ---
+
+@pytest.fixture
+def fresh_choice(monkeypatch):
+    """`_chosen` recomputed under this test's patches, and forgotten afterwards."""
+    monkeypatch.delenv("CORP_SANDBOX", raising=False)
+    sandbox._chosen.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    sandbox._chosen.cache_clear()
+
+
+def test_a_non_root_user_never_falls_back_to_process_mode_silently(fresh_choice):
+    # As uid 1000 the program would share corp's uid: read its files and memory, signal it.
+    fresh_choice.setattr(sandbox, "_works", lambda kind: "" if kind == "process" else "blocked")
+    fresh_choice.setattr(sandbox.os, "geteuid", lambda: 1000)
+    with pytest.raises(RuntimeError, match="CORP_SANDBOX=process"):
+        sandbox._chosen(None)
+    assert sandbox._chosen("process") == "process"  # asked for by name
+    fresh_choice.setenv("CORP_SANDBOX", "process")
+    sandbox._chosen.cache_clear()
+    assert sandbox._chosen(None) == "process"
+    assert any("same uid as corp" in lack for lack in sandbox.confinement("process").lacks)
+    fresh_choice.delenv("CORP_SANDBOX")
+    fresh_choice.setattr(sandbox.os, "geteuid", lambda: 0)  # as root it runs as nobody: allowed
+    sandbox._chosen.cache_clear()
+    assert sandbox._chosen(None) == "process"
+
+
+# Reads corp's memory through /proc/<ppid>/mem and returns the expected value it finds there.
+_MEMORY_READER = r"""
+import os, re
+found = None
+try:
+    with open('/proc/%d/maps' % os.getppid()) as maps, \
+            open('/proc/%d/mem' % os.getppid(), 'rb', 0) as mem:
+        for line in maps:
+            span, perms = line.split()[:2]
+            if 'rw' not in perms:
+                continue
+            lo, hi = (int(a, 16) for a in span.split('-'))
+            try:
+                mem.seek(lo)
+                hit = re.search(rb"assert f\(1\) == '([0-9a-f]{16})'", mem.read(hi - lo))
+            except OSError:
+                continue
+            if hit:
+                found = hit.group(1).decode()
+                break
+except OSError:
+    pass
+def f(x):
+    return found
+"""
+
+_MEMORY_CHILD = r"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("corp_sandbox_under_test", sys.argv[1])
+sandbox = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = sandbox
+spec.loader.exec_module(sandbox)
+secret = sys.stdin.read().strip()  # not in argv: /proc/<pid>/cmdline is readable by anyone
+result = sandbox.run_tests(sys.argv[2], ["assert f(1) == %r" % secret], confinement="process")
+print(json.dumps([result.passed, result.status]))
+"""
+
+
+def test_process_mode_as_an_ordinary_user_cannot_read_corps_memory():
+    # Before: the program found the expected value in corp's memory and scored 1.
+    if os.geteuid() == 0:  # play the ordinary user as nobody
+        python, as_user = sandbox._system_python(), {"user": 65534, "group": 65534,
+                                                      "extra_groups": []}
+        if python is None or not os.stat(sandbox.__file__).st_mode & 0o004:
+            pytest.skip("nobody cannot run a system python on the sandbox module here")
+    else:
+        python, as_user = sys.executable, {}
+    out = subprocess.run([python, "-I", "-c", _MEMORY_CHILD, sandbox.__file__, _MEMORY_READER],
+                         input=secrets.token_hex(8), capture_output=True, text=True,
+                         timeout=120, cwd="/", **as_user)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == [0, "ok"]
+
+
+def test_dev_is_read_only_and_dev_shm_small(namespaced):
+    # bwrap's /dev was a writable tmpfs of half the RAM: GiBs through dir_fd (hook off).
+    code = ("import errno, os\nd = os.open('/dev', os.O_RDONLY)\ntry:\n"
+            "    os.close(os.open('zz', os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=d))\n"
+            "    dev = 'created'\nexcept OSError as e:\n    dev = errno.errorcode[e.errno]\n"
+            "with open('/dev/shm/x', 'w') as out:\n    out.write('ok')\n"
+            "with open('/dev/null', 'w') as out:\n    out.write('gone')\n"
+            "s = os.statvfs('/dev/shm')\n"
+            "def f(x):\n    return [dev, open('/dev/shm/x').read(), s.f_blocks * s.f_frsize]")
+    result = run_tests(code, [f"assert f(1) == ['EROFS', 'ok', {sandbox._TMPFS_BYTES}]"],
+                       audit=False, confinement=namespaced)
+    assert (result.passed, result.status) == (1, "ok"), result
+
+
+def test_no_nested_user_namespace(namespaced):
+    # A nested user namespace would let the program mount another tmpfs as big as it likes.
+    code = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "nested = libc.unshare(0x10000000 | 0x20000)\n"  # CLONE_NEWUSER | CLONE_NEWNS
+            "mounted = libc.mount(b'none', b'/work', b'tmpfs', 0, None)\n"
+            "def f(x):\n    return [nested, mounted]")
+    result = run_tests(code, ["assert f(1) == [-1, -1]"], audit=False, confinement=namespaced)
+    assert (result.passed, result.status) == (1, "ok"), result
+
+
+_MERSENNE = (1 << 61) - 1  # ints k * (2**61 - 1) all hash to 0
+_COLLIDING = [_MERSENNE * k for k in range(1, 38000)]
+
+
+@pytest.mark.parametrize("tag, expected", [
+    ("set", 0), ("set", {1, 2}), ("set", set(range(len(_COLLIDING)))),
+    ("dict", {1: 0}), ("dict", dict.fromkeys(range(len(_COLLIDING)), 0))],
+    ids=["set-vs-int", "set-vs-short-set", "set-vs-set", "dict-vs-short-dict", "dict-vs-dict"])
+def test_a_report_of_colliding_hashes_costs_corp_little(tag, expected):
+    # 950 KB of such a set took 13-20 s of corp's CPU to decode, outside the program's timeout.
+    body = _COLLIDING if tag == "set" else [[k, 0] for k in _COLLIDING]
+    report = json.dumps([{"value": {tag: body}}]).encode()
+    start = time.process_time()
+    assert sandbox._score(report, [expected]) == 0
+    assert time.process_time() - start < 2.0
+
+
+@pytest.mark.parametrize("value, expected, equal", [
+    ({"set": [1, {"float": "2.0"}, "a"]}, {True, 2, "a"}, True),  # equality as in Python
+    ({"set": [1, 1.0]}, {1, 2}, False),  # a duplicate is not the missing element
+    ({"set": [[1], 2]}, {1, 2}, False),  # unhashable
+    ({"set": [{"set": [1]}]}, {1}, False),  # a frozenset never equals a literal
+    ({"dict": [[{"tuple": [1, "a"]}, [1]]]}, {(1, "a"): [1]}, True),
+    ({"dict": [[1, 2], [1.0, 2]]}, {1: 2, 2: 2}, False),
+    ({"dict": [[1, 2]]}, {1: 3}, False),
+    ({"tuple": [1, [2]]}, (1, [2]), True), ([1, [2]], (1, [2]), False),
+    ({"int": format(-(1 << 5000) + 7, "x")}, -(1 << 5000) + 7, True),
+    ({"float": "inf"}, float("inf"), True), ({"what": 1}, 1, False), (None, None, True)],
+    ids=["numeric-equality", "duplicate", "unhashable", "frozenset", "tuple-key", "duplicate-key",
+         "dict-value", "tuple", "list-is-not-tuple", "big-int", "inf", "unknown-tag", "none"])
+def test_the_parent_compares_reports_as_python_would(value, expected, equal):
+    assert sandbox._score(json.dumps([{"value": value}]).encode(), [expected]) == equal
+
+
+def test_a_sandbox_that_fails_to_start_raises(kind, monkeypatch):
+    # Before: 'crashed' or 'setup-failed' with reward 0, which the code task cached.
+    monkeypatch.setattr(sandbox, "_OPEN_FILES", 1 << 40)  # the harness's setrlimit fails
+    with pytest.raises(sandbox.SandboxError, match=f"(?s)'{kind}' failed before.*limit"):
+        run_tests("def f(x):\n    return x + 1", TESTS, confinement=kind)
+
+
+def test_a_sandbox_that_cannot_be_built_raises(namespaced, monkeypatch):
+    if namespaced == "bwrap":
+        binds = sandbox._top_level_binds
+        monkeypatch.setattr(sandbox, "_top_level_binds",
+                            lambda ro: binds(ro) + [ro, "/nonexistent-corp-test", "/x"])
+    else:
+        monkeypatch.setattr(sandbox, "_TMPFS_BYTES", -5)  # the launcher's mount fails
+    with pytest.raises(sandbox.SandboxError, match=namespaced):
+        run_tests("def f(x):\n    return x + 1", TESTS, confinement=namespaced)
+
+
+def test_a_program_cannot_pose_as_a_sandbox_failure(kind):
+    # Exit 98 was 'setup-failed'; the program also tries to unwrite the harness's marker.
+    code = ("import os\nfor fd in range(3, 64):\n    try:\n        os.ftruncate(fd, 0)\n"
+            "    except OSError:\n        pass\n"
+            "os.write(2, b'corp-sandbox: setup failed: mount /tmp: Permission denied\\n')\n"
+            "os._exit(98)")
+    result = run_tests(code, TESTS, audit=False, confinement=kind)
+    assert (result.passed, result.status) == (0, "crashed")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="process mode runs the program as nobody as root")
+def test_process_mode_working_folder_cannot_be_moved_away():
+    token = secrets.token_hex(6)
+    code = (f"import os\ntry:\n    os.rename(os.getcwd(), '/tmp/corp-escape-{token}')\n"
+            f"    moved = True\nexcept OSError:\n    moved = False\n"
+            f"def f(x):\n    return moved")
+    try:
+        result = run_tests(code, ["assert f(1) == False"], audit=False, confinement="process")
+        assert (result.passed, glob.glob(f"/tmp/corp-escape-{token}*")) == (1, [])
+    finally:
+        for path in glob.glob(f"/tmp/corp-escape-{token}*"):
+            shutil.rmtree(path)
+
+
+def test_an_int_of_more_than_4300_digits_is_reported(kind):
+    # json.dumps refuses such an int; corp's own parser would too (it keeps Python's limit).
+    big = (1 << 16000) - 1  # 4817 digits, written in hex (a decimal literal would not parse)
+    tests = [f"assert f(1) == {big:#x}", f"assert f(-1) == -{big:#x}",
+             f"assert g() == {{{big:#x}: [{big:#x}]}}"]
+    code = "def f(x):\n    return x * ((1 << 16000) - 1)\ndef g():\n    return {f(1): [f(1)]}"
+    result = run_tests(code, tests, confinement=kind)
+    assert (result.passed, result.status) == (3, "ok"), result

@@ -11,7 +11,18 @@ do too -- read a nonce, rebind the harness's globals, write the report, exit ear
 channel inside that process can be kept out of its reach. So the report carries no verdict: it
 only says "EXPR evaluated to V", and a forged report claiming V earns exactly what an honest
 program returning V earns. The expected values never enter the child, so it cannot learn them.
-Unparseable, truncated or missing reports score 0, as do timeouts and policy stops.
+Unparseable, truncated or missing reports score 0, as do timeouts and policy stops. The parent
+walks a report along the expected value's shape: it builds no set or dict of reported values, so
+a report of colliding hashes costs it linear time (a 950 KB set of ints k * (2**61 - 1) took 13 s
+to decode into a set). Ints over 4096 bits travel as hex: JSON writes ints in decimal, which
+Python refuses beyond 4300 digits (and corp keeps that limit).
+
+A sandbox failure is not a score: the harness writes a "started" marker to a file of its own, and
+closes it, before it compiles the candidate's code. No marker means the candidate never ran
+(bwrap or the launcher failed, the harness could not set its limits, the start took longer than
+the timeout): corp raises SandboxError naming the mode and the stderr tail, and nothing is
+scored. Once the marker is there every failure, exit 98 included, is the candidate's and scores
+0; the candidate cannot reach the marker's file to undo it.
 
 Confinement, strongest available first (`confinement()` says which is active and what it lacks;
 corp logs that line before the first sandboxed run; CORP_SANDBOX=bwrap|unshare|process asks for
@@ -19,15 +30,25 @@ one and fails if it is not available):
 
 1. `bwrap` (bubblewrap installed): new user, mount, network, pid, ipc, uts and cgroup namespaces.
    The file system is read-only /usr (and the top-level /bin, /lib... links) plus a minimal
-   /dev; /tmp, /dev/shm and the working folder /work are private 16 MiB tmpfs that vanish with
-   the sandbox; /proc, /etc, /home, /root and the repository do not exist in it. No network
-   interface but a down loopback. bwrap sets no-new-privileges and runs the program in its own
-   session; as root, corp starts bwrap as user `nobody`, so the program is uid 65534 outside too.
+   read-only /dev; /tmp, /dev/shm and the working folder /work are private 16 MiB tmpfs that
+   vanish with the sandbox; /proc, /etc, /home, /root and the repository do not exist in it. No
+   network interface but a down loopback. No nested user namespaces (--disable-userns), which
+   would let the program mount tmpfs of any size. bwrap sets no-new-privileges and runs the
+   program in its own session; as root, corp starts bwrap as user `nobody`, so the program is
+   uid 65534 outside too.
 2. `unshare` (no bwrap): the same view built by a small launcher with unshare(2), mount(2) and
-   pivot_root(2) -- as root directly, then dropping to `nobody`; as another user inside a new
-   user namespace (the program keeps that user's uid).
-3. `process` (neither works): only a separate process as `nobody` (as root) with the limits
-   below; it can see and write what that user can (e.g. the host's /tmp). Logged as a warning.
+   pivot_root(2) -- as root directly, then dropping to `nobody` and entering a user namespace of
+   its own; as another user inside a new user namespace (the program keeps that user's uid).
+   Either way the launcher sets that namespace's max_user_namespaces to 0 before it execs the
+   program, which has no capability in it to set it back.
+3. `process` (neither works): only a separate process with the limits below; it can see and
+   write what its user can (e.g. the host's /tmp). As root that user is `nobody`, its working
+   folder sits in a root-owned 0711 folder so it cannot move it away, and corp falls back to this
+   mode with a warning. As another user the program would have corp's uid: it could read and
+   change that user's files (the repository included) and signal corp, so corp never falls back
+   to it on its own; CORP_SANDBOX=process (or confinement="process") accepts that, and corp then
+   makes itself non-dumpable (prctl PR_SET_DUMPABLE 0) so that its memory is not readable or
+   writable through /proc/<pid>/mem.
 
 In every mode the harness sets, before the candidate's code is compiled: CPU seconds, address
 space, file size (1 MiB, which also bounds stdout, stderr and the report: all three are files, not
@@ -68,6 +89,9 @@ log = logging.getLogger("corp")
 
 BLOCKED_EXIT = 97  # the audit hook stopped the program (the literal in _HOOK)
 SETUP_EXIT = 98    # the launcher could not build the sandbox, or the harness found itself uid 0
+                   # (before the started marker, so corp raises SandboxError)
+_STARTED = b"started"  # the harness's marker (the literal in _HARNESS): the candidate's turn
+_PR_SET_DUMPABLE = 4
 _NOBODY = 65534
 _OUTPUT_BYTES = 1 << 20   # RLIMIT_FSIZE: any file the program writes, stdout, stderr, the report
 _TMPFS_BYTES = 16 << 20   # each of /tmp, /dev/shm and /work inside the sandbox
@@ -79,11 +103,14 @@ _PATH = "/usr/bin:/bin"
 KINDS = ("bwrap", "unshare", "process")
 
 # Runs inside the child, in `python -I -S`. stdin is a file holding {"code", "calls", "report_fd",
-# "root", "audit", "cpu", "memory", "fsize", "nofile"}; it writes the report to report_fd:
-# a JSON list with {"value": encoded} or {"error": "ExceptionName"} per call. Everything before
-# `exec` of the candidate is trusted; nothing after it is relied upon by the parent.
+# "started_fd", "root", "audit", "cpu", "memory", "fsize", "nofile"}; it writes the marker to
+# started_fd and closes it, then runs the candidate and writes the report to report_fd: a JSON
+# list with {"value": encoded} or {"error": "ExceptionName"} per call. Everything before `exec`
+# of the candidate is trusted; nothing after it is relied upon by the parent.
 _HARNESS = r'''
 import json, os, resource, sys
+
+_DECIMAL_BITS = 4096  # larger ints go as hex: json.dumps refuses ints over 4300 digits
 
 def _encode(v, depth=0):
     """Plain data only; containers are tagged so the parent can tell a tuple from a list."""
@@ -92,7 +119,8 @@ def _encode(v, depth=0):
     if v is None or type(v) is bool:
         return v
     if isinstance(v, int):
-        return int.__index__(v)
+        v = int.__index__(v)
+        return v if v.bit_length() <= _DECIMAL_BITS else {"int": format(v, "x")}
     if isinstance(v, float):
         v = float.__float__(v)
         return v if v - v == 0.0 else {"float": repr(v)}
@@ -112,8 +140,11 @@ def _encode(v, depth=0):
 cfg = json.loads(sys.stdin.buffer.read())
 sys.stdin = None
 os.close(0)
-os.closerange(3, cfg["report_fd"])  # e.g. bwrap's info fd: the candidate keeps only 1, 2, report
-os.closerange(cfg["report_fd"] + 1, 1 << 16)
+_low = 3  # e.g. bwrap's info fd: the candidate keeps only 1, 2 and the report
+for _fd in sorted((cfg["report_fd"], cfg["started_fd"])):
+    os.closerange(_low, _fd)
+    _low = _fd + 1
+os.closerange(_low, 1 << 16)
 for limit, value in ((resource.RLIMIT_CPU, cfg["cpu"]), (resource.RLIMIT_AS, cfg["memory"]),
                      (resource.RLIMIT_FSIZE, cfg["fsize"]), (resource.RLIMIT_NOFILE, cfg["nofile"]),
                      (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, 0)):
@@ -126,6 +157,8 @@ if cfg["audit"]:
     exec(cfg["hook"], _scope)
     sys.addaudithook(_scope["_hook"])
     del _scope
+os.write(cfg["started_fd"], b"started")  # before the candidate's code is even compiled
+os.close(cfg["started_fd"])
 _report_fd, _dumps, _write = cfg["report_fd"], json.dumps, os.write
 calls, code = cfg["calls"], cfg["code"]
 del cfg
@@ -229,8 +262,11 @@ def _hook(event, args, _inside=_inside, _str=str, _bytes=bytes, _int=int,
 # The `unshare` mode's launcher, run as root (or inside a new user namespace) with argv
 # [python-in-sandbox, harness, tmpfs bytes, root mode (0/1), info fd]. It builds the same view as
 # the bwrap mode and execs the harness as pid 1 of a new pid namespace; exit 98 = setup failed.
+# The harness runs in a user namespace whose max_user_namespaces is 0 (as root: one it enters as
+# nobody after building the view), and has no capability there to raise it: no nested user
+# namespace, so no tmpfs it mounts itself.
 _LAUNCHER = r'''
-import ctypes, os, sys
+import ctypes, errno, os, sys
 python, harness, tmpfs, as_root = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 info_fd = int(sys.argv[5])
 libc = ctypes.CDLL(None, use_errno=True)
@@ -256,6 +292,17 @@ def call(ret, what):
 def mount(src, dst, fstype, flags, data=None):
     enc = lambda s: None if s is None else s.encode()
     call(libc.mount(enc(src), enc(dst), enc(fstype), flags, enc(data)), "mount " + dst)
+
+def write_proc(path, text):  # through the host's /proc, still open after pivot_root
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        ctypes.set_errno(e.errno)
+        fail("write /proc/" + path)
 
 def bind_ro(src, dst):
     mount(src, dst, None, BIND | REC)
@@ -287,6 +334,7 @@ if pid:
              else 128 + os.WTERMSIG(status))
 # pid 1 of the new pid namespace
 os.close(info_fd)
+proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 mount(None, "/", None, REC | PRIVATE)
 new = "/tmp"  # the host /tmp is hidden in this mount namespace: the new root is built over it
 mount("tmpfs", new, "tmpfs", NOSUID | NODEV, "size=1048576,mode=0755")
@@ -318,10 +366,22 @@ else:
 os.chdir("/")
 mount(None, "/", None, REMOUNT | BIND | RDONLY | NOSUID | NODEV)
 os.chdir("/work")
+own_userns = not as_root
 if as_root:
     os.setgroups([])
     os.setgid(65534)
     os.setuid(65534)
+    call(libc.prctl(4, 1, 0, 0, 0), "PR_SET_DUMPABLE")  # setuid cleared it: /proc/self is root's
+    if libc.unshare(NEWUSER) == 0:  # as nobody: a namespace whose limit is not the host's
+        for name, text in (("setgroups", "deny"), ("uid_map", "65534 65534 1"),
+                           ("gid_map", "65534 65534 1")):
+            write_proc("self/" + name, text)
+        own_userns = True
+    elif ctypes.get_errno() != errno.EPERM:  # EPERM: this host denies nobody user namespaces,
+        fail("unshare user namespace")     # the program's attempts included
+if own_userns:  # the capabilities this process holds in it end at execve (uid != 0 there)
+    write_proc("sys/user/max_user_namespaces", "0")
+os.close(proc)
 call(libc.prctl(1, 9, 0, 0, 0), "PR_SET_PDEATHSIG")  # after setuid, which clears it
 call(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
 os.execve(python, [python, "-I", "-S", "-c", harness], {"PATH": "/usr/bin:/bin"})
@@ -332,12 +392,16 @@ os.execve(python, [python, "-I", "-S", "-c", harness], {"PATH": "/usr/bin:/bin"}
 class SandboxResult:
     passed: int
     total: int
-    status: str  # "ok", "timeout", "blocked", "setup-failed", "crashed", "no-result"
+    status: str  # "ok", "timeout", "blocked", "crashed", "no-result"
     stderr: str = ""
 
     @property
     def fraction(self) -> float:
         return self.passed / self.total if self.total else 0.0
+
+
+class SandboxError(RuntimeError):
+    """The sandbox failed before the candidate's code ran: nothing was scored."""
 
 
 @dataclass(frozen=True)
@@ -389,24 +453,82 @@ def _parse_test(test: str) -> tuple[str, object]:
     return ast.unparse(node.test.left), expected
 
 
-def _decode(x):
-    """The inverse of the harness's `_encode`; raises on anything it does not produce."""
+_NOT_A_LEAF = object()
+
+
+def _leaf(x):
+    """A reported None, bool, int, float or str (tagged floats and big ints decoded), else
+    _NOT_A_LEAF."""
     if x is None or isinstance(x, (bool, int, float, str)):
         return x
-    if isinstance(x, list):
-        return [_decode(v) for v in x]
     if isinstance(x, dict) and len(x) == 1:
         (tag, body), = x.items()
-        if tag == "float" and isinstance(body, str):
-            return float(body)
-        if isinstance(body, list):
-            if tag == "tuple":
-                return tuple(_decode(v) for v in body)
-            if tag == "set":
-                return {_decode(v) for v in body}
-            if tag == "dict":
-                return {_decode(k): _decode(v) for k, v in body}
-    raise ValueError("malformed report")
+        if isinstance(body, str) and tag in ("float", "int"):
+            try:
+                return float(body) if tag == "float" else int(body, 16)
+            except ValueError:
+                pass
+    return _NOT_A_LEAF
+
+
+def _key(x):
+    """A reported set element or dict key: a leaf or a tuple of keys (all an expected literal's
+    can be), else _NOT_A_LEAF."""
+    body = _body(x, "tuple")
+    if body is None:
+        return _leaf(x)
+    items = tuple(_key(v) for v in body)
+    return _NOT_A_LEAF if any(v is _NOT_A_LEAF for v in items) else items
+
+
+def _body(x, tag: str) -> list | None:
+    """The list of a reported {tag: [...]} container, else None."""
+    if isinstance(x, dict) and len(x) == 1 and isinstance(x.get(tag), list):
+        return x[tag]
+    return None
+
+
+def _positions(reported: list, where: dict) -> list[int] | None:
+    """The position in `where` (an expected key -> its position) of each reported set element or
+    dict key; None if one is missing or two are the same (a set or dict holds a value once)."""
+    seen = set()  # small ints: cheap to hash
+    out = []
+    for x in reported:
+        i = where.get(_key(x))  # _NOT_A_LEAF hashes by identity: never found
+        if i is None or i in seen:
+            return None
+        seen.add(i)
+        out.append(i)
+    return out
+
+
+def _equal(x, want) -> bool:
+    """Does the reported (encoded) value `x` equal the expected value `want`, as `==` would say?
+    It follows `want`'s shape and builds a set or dict only of expected values: a report's sets
+    and dicts are matched by looking their members up in the expected one, after a length check,
+    so colliding hashes cost lookups in a table corp built, not a table the report built."""
+    if isinstance(want, list):
+        return (isinstance(x, list) and len(x) == len(want)
+                and all(_equal(v, w) for v, w in zip(x, want)))
+    if isinstance(want, tuple):
+        body = _body(x, "tuple")
+        return (body is not None and len(body) == len(want)
+                and all(_equal(v, w) for v, w in zip(body, want)))
+    if isinstance(want, set):
+        body = _body(x, "set")
+        return (body is not None and len(body) == len(want)
+                and _positions(body, {w: i for i, w in enumerate(want)}) is not None)
+    if isinstance(want, dict):
+        pairs = _body(x, "dict")
+        if pairs is None or len(pairs) != len(want) or not all(
+                isinstance(p, list) and len(p) == 2 for p in pairs):
+            return False
+        keys = list(want)
+        found = _positions([k for k, _ in pairs], {k: i for i, k in enumerate(keys)})
+        return found is not None and all(_equal(v, want[keys[i]])
+                                         for (_, v), i in zip(pairs, found))
+    value = _leaf(x)
+    return value is not _NOT_A_LEAF and value == want
 
 
 def _score(report: bytes, expected: list) -> int | None:
@@ -418,7 +540,7 @@ def _score(report: bytes, expected: list) -> int | None:
         passed = 0
         for entry, want in zip(results, expected):
             if isinstance(entry, dict) and set(entry) == {"value"}:
-                passed += _decode(entry["value"]) == want
+                passed += _equal(entry["value"], want)
         return passed
     except (ValueError, TypeError, RecursionError, MemoryError):
         return None
@@ -502,8 +624,11 @@ def _command(kind: str, info_fd: int) -> tuple[list[str], dict, str]:
         size = str(_TMPFS_BYTES)
         argv = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
                 "--cap-drop", "ALL", "--ro-bind", "/usr", "/usr", *_top_level_binds("--ro-bind"),
-                "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--size", size,
-                "--tmpfs", "/tmp", "--size", size, "--perms", "0700", "--tmpfs", _WORK,
+                # --size binds only the next --tmpfs, and --remount-ro / not /dev: without the
+                # second, /dev is a writable tmpfs of half the RAM
+                "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+                "--size", size, "--tmpfs", "/tmp", "--size", size, "--perms", "0700",
+                "--tmpfs", _WORK,
                 "--chdir", _WORK, "--remount-ro", "/", "--info-fd", str(info_fd)]
         if _bwrap_supports("--disable-userns"):
             argv.insert(3, "--disable-userns")
@@ -552,30 +677,58 @@ def _kill(proc: subprocess.Popen, info_fd: int) -> None:
     proc.wait()
 
 
+def _not_dumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0) on corp, before a process-mode program runs as corp's own uid:
+    otherwise it can read (and write) corp's memory through /proc/<ppid>/mem, or ptrace it. Only
+    that mode, the one an ordinary user must ask for by name, pays the side effects, for the rest
+    of the process: no core dumps of corp, no debugger or py-spy of the same uid attaching to it,
+    and its /proc/<pid> files owned by root (corp itself keeps access to /proc/self). Set back
+    after each run it would have to count the runs of every thread in flight, to gain little
+    where every candidate runs this way."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: str         # "exited" or "timeout"
+    report: bytes
+    exit_code: int | None
+    stderr: str         # the last _STDERR_TAIL bytes
+    started: bool       # the harness wrote its marker: the candidate's code ran
+
+
 def _run(kind: str, code: str, calls: list[str], timeout: float, memory_mb: int,
-         audit: bool) -> tuple[str, bytes, int | None, str]:
-    """Run the harness in mode `kind`: (status, report bytes, exit code, stderr tail), status
-    "timeout" or "exited"."""
-    workdir = None
+         audit: bool) -> _Outcome:
+    """Run the harness in mode `kind`."""
+    holder = None
     with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as stdout, \
             tempfile.TemporaryFile() as stderr, tempfile.TemporaryFile() as report, \
-            tempfile.TemporaryFile() as info:
+            tempfile.TemporaryFile() as info, tempfile.TemporaryFile() as started:
         argv, extra, root = _command(kind, info.fileno())
-        if not root:  # process mode: a host folder
-            workdir = root = tempfile.mkdtemp(prefix="corp-sandbox-")
-            if os.geteuid() == 0:
-                os.chown(workdir, _NOBODY, _NOBODY)
         try:
+            if not root:  # process mode: a host folder, inside a 0711 folder of corp's, so that
+                holder = tempfile.mkdtemp(prefix="corp-sandbox-")  # it cannot be renamed away
+                os.chmod(holder, 0o711)
+                root = os.path.join(holder, "work")
+                os.mkdir(root, 0o700)
+                if os.geteuid() == 0:
+                    os.chown(root, _NOBODY, _NOBODY)
+                else:
+                    _not_dumpable()
             stdin.write(json.dumps({
-                "code": code, "calls": calls, "report_fd": report.fileno(), "root": root,
-                "audit": audit, "hook": _HOOK, "cpu": int(math.ceil(timeout)) + 1,
-                "memory": memory_mb << 20, "fsize": _OUTPUT_BYTES, "nofile": _OPEN_FILES,
+                "code": code, "calls": calls, "report_fd": report.fileno(),
+                "started_fd": started.fileno(), "root": root, "audit": audit, "hook": _HOOK,
+                "cpu": int(math.ceil(timeout)) + 1, "memory": memory_mb << 20,
+                "fsize": _OUTPUT_BYTES, "nofile": _OPEN_FILES,
             }).encode())
             stdin.flush()
             stdin.seek(0)
             proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
-                                    pass_fds=(report.fileno(), info.fileno()),
-                                    cwd=workdir or "/", env={"PATH": _PATH},
+                                    pass_fds=(report.fileno(), info.fileno(), started.fileno()),
+                                    cwd=root if holder else "/", env={"PATH": _PATH},
                                     start_new_session=True, **extra)
             try:
                 proc.wait(timeout=timeout)
@@ -583,25 +736,35 @@ def _run(kind: str, code: str, calls: list[str], timeout: float, memory_mb: int,
             except subprocess.TimeoutExpired:
                 status = "timeout"
                 _kill(proc, info.fileno())
-            err = _tail(stderr.fileno(), _STDERR_TAIL).decode(errors="replace")
             size = os.fstat(report.fileno()).st_size
-            return status, os.pread(report.fileno(), min(size, _OUTPUT_BYTES + 1), 0), \
-                proc.returncode, err
+            return _Outcome(status, os.pread(report.fileno(), min(size, _OUTPUT_BYTES + 1), 0),
+                            proc.returncode,
+                            _tail(stderr.fileno(), _STDERR_TAIL).decode(errors="replace"),
+                            os.pread(started.fileno(), len(_STARTED) + 1, 0) == _STARTED)
         finally:
-            if workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
+            if holder:
+                shutil.rmtree(holder, ignore_errors=True)
+
+
+def _did_not_start(kind: str, run: _Outcome) -> str:
+    how = "timed out" if run.status == "timeout" else f"exit {run.exit_code}"
+    return (f"code sandbox {kind!r} failed before the program ran ({how}): "
+            f"{run.stderr.strip()[-_STDERR_TAIL:] or '(no stderr)'}")
 
 
 @lru_cache(maxsize=None)
 def _works(kind: str) -> str:
     """'' if mode `kind` runs a trivial program correctly here, else why not."""
     try:
-        status, report, code, err = _run(kind, "x = 41 + 1", ["x"], 20.0, 256, True)
+        run = _run(kind, "x = 41 + 1", ["x"], 20.0, 256, True)
     except (RuntimeError, OSError) as e:
         return str(e)
-    if _score(report, [42]) == 1:
+    if not run.started:
+        return _did_not_start(kind, run)
+    if _score(run.report, [42]) == 1:
         return ""
-    return f"a trivial program did not run ({status}, exit {code}): {err.strip()[-300:]}"
+    return (f"a trivial program did not run ({run.status}, exit {run.exit_code}): "
+            f"{run.stderr.strip()[-300:]}")
 
 
 @lru_cache(maxsize=None)
@@ -619,6 +782,16 @@ def _chosen(requested: str | None) -> str:
     for kind in KINDS[:-1]:
         if not _works(kind):
             return kind
+    if os.geteuid() != 0:
+        why = "; ".join(f"{kind}: {_works(kind)}" for kind in KINDS[:-1])
+        raise RuntimeError(
+            f"no namespaced code sandbox works here ({why}). The fallback, process mode, would "
+            f"run generated code as your own user (uid {os.getuid()}): it could read and change "
+            f"your files, the repository included, and signal corp. Install bubblewrap "
+            f"(apt-get install bubblewrap) or allow unprivileged user namespaces (sysctl "
+            f"user.max_user_namespaces > 0, kernel.unprivileged_userns_clone=1, on Ubuntu "
+            f"kernel.apparmor_restrict_unprivileged_userns=0), or set CORP_SANDBOX=process to "
+            f"accept that")
     return "process"
 
 
@@ -637,21 +810,34 @@ def confinement(kind: str | None = None) -> Confinement:
               f"address space, {_OPEN_FILES} open files, no new processes")
     hook = "audit hook (second layer)"
     if kind == "process":
-        return Confinement(kind, (f"separate process as {user}", limits, hook), (
+        if as_root:
+            return Confinement(kind, (f"separate process as {user}", limits, hook), (
+                "mount namespace: the program sees and can write what its user can (e.g. /tmp)",
+                "network namespace (the audit hook alone blocks sockets)", "pid namespace",
+                "no-new-privileges", "install bubblewrap"))
+        return Confinement(kind, (
+            f"separate process as {user}", "corp not dumpable (its memory closed to /proc)",
+            limits, hook), (
+            "a uid of its own (same uid as corp: it can read and write that user's files, the "
+            "repository included, and signal corp)",
             "mount namespace: the program sees and can write what its user can (e.g. /tmp)",
             "network namespace (the audit hook alone blocks sockets)", "pid namespace",
-            "no-new-privileges", "install bubblewrap" if as_root else
-            "install bubblewrap or allow unprivileged user namespaces"))
-    view = (f"private mount namespace: read-only /usr, minimal /dev, private "
+            "no-new-privileges", "install bubblewrap or allow unprivileged user namespaces"))
+    view = (f"private mount namespace: read-only /usr and /dev (minimal), private "
             f"{_TMPFS_BYTES >> 20} MiB tmpfs /tmp, /dev/shm and {_WORK}; no /proc, /etc, /home")
     how = ("bubblewrap" if kind == "bwrap" else
            "unshare(2) as root" if as_root else "unshare(2) in a user namespace")
-    return Confinement(kind, (
-        f"{how}, as {user}", view, "empty network namespace", "pid, ipc, uts, cgroup namespaces",
-        "no-new-privileges", limits, hook), (
-        "seccomp filter (full system-call surface)",
-        f"cgroup limits (memory is per-process RLIMIT_AS plus up to "
-        f"{3 * _TMPFS_BYTES >> 20} MiB tmpfs)", "/usr is readable"))
+    layers = [f"{how}, as {user}", view, "empty network namespace",
+              "pid, ipc, uts, cgroup namespaces", "no-new-privileges", limits, hook]
+    lacks = ["seccomp filter (full system-call surface)",
+             f"cgroup limits (memory is per-process RLIMIT_AS plus up to "
+             f"{3 * _TMPFS_BYTES >> 20} MiB tmpfs)", "/usr is readable"]
+    if kind == "unshare" or _bwrap_supports("--disable-userns"):
+        layers.insert(4, "no nested user namespaces")
+    else:
+        lacks.append("a bar on nested user namespaces (bwrap older than 0.8: the program can "
+                     "mount a tmpfs of any size)")
+    return Confinement(kind, tuple(layers), tuple(lacks))
 
 
 @lru_cache(maxsize=None)
@@ -666,22 +852,22 @@ def run_tests(code: str, tests: list[str], timeout: float = 3.0, memory_mb: int 
     (e.g. "assert f(2) == 4"): the program evaluates EXPR, this process compares the value with
     LITERAL. `timeout` is wall-clock seconds for the whole run. `audit=False` turns off the
     Python audit hook (tests use it to show the OS confinement holds on its own); `confinement`
-    asks for one of KINDS (default: the strongest that works, or $CORP_SANDBOX)."""
+    asks for one of KINDS (default: the strongest that works, or $CORP_SANDBOX). Raises
+    SandboxError when the sandbox fails before the program runs."""
     if not tests:
         raise ValueError("run_tests needs at least one test")
     parsed = [_parse_test(t) for t in tests]
     kind = _chosen(confinement)
     _announce(kind)
-    status, report, exit_code, err = _run(kind, code, [expr for expr, _ in parsed], timeout,
-                                          memory_mb, audit)
-    n = len(tests)
-    if status == "timeout":
+    run = _run(kind, code, [expr for expr, _ in parsed], timeout, memory_mb, audit)
+    if not run.started:  # the candidate never ran: not a score (see the module docstring)
+        raise SandboxError(_did_not_start(kind, run))
+    n, err = len(tests), run.stderr
+    if run.status == "timeout":
         return SandboxResult(0, n, "timeout", err)
-    if exit_code == BLOCKED_EXIT:
+    if run.exit_code == BLOCKED_EXIT:
         return SandboxResult(0, n, "blocked", err)
-    if exit_code == SETUP_EXIT:
-        return SandboxResult(0, n, "setup-failed", err)
-    passed = _score(report, [want for _, want in parsed])
+    passed = _score(run.report, [want for _, want in parsed])
     if passed is None:
-        return SandboxResult(0, n, "crashed" if exit_code else "no-result", err)
+        return SandboxResult(0, n, "crashed" if run.exit_code else "no-result", err)
     return SandboxResult(passed, n, "ok", err)
