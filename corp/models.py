@@ -115,11 +115,20 @@ def build_tiny_model(arch: str = "llama", seed: int = 0, hidden: int = 64, layer
     return LoadedModel(model, codec, f"tiny-{arch}(seed={seed})")
 
 
-def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
+def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
+               verify: bool = True) -> LoadedModel:
     """A local Hugging Face model directory (no hub access). A directory saved by corp for a tiny
-    model carries its character codec."""
+    model carries its character codec.
+
+    A folder a corp command wrote (it has a manifest, or its run folder's record manages it) loads
+    only if it is one complete committed run: every file in its manifest, with its hash, and
+    nothing else (corp.outputs.verify_folder; `verify=False` skips this)."""
+    from .outputs import verify_folder, why_missing
     if not os.path.isdir(path):
-        raise ValueError(f"model directory {path!r} does not exist (corp never downloads models)")
+        raise ValueError(f"model directory {path!r} does not exist{why_missing(path)} (corp "
+                         f"never downloads models)")
+    if verify:
+        verify_folder(path)
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     model.to(device).eval()

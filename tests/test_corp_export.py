@@ -71,12 +71,14 @@ def test_split_half_finds_the_planted_direction_and_a_null_without_it(tmp_path):
     records = search(pert, task, task.splits()["train"], member_seeds(800), [0.01],
                      str(tmp_path / "p.jsonl"), {}, mode="inplace", progress=False)
     base = task(lm.model, task.splits()["train"]).rewards
-    rows = split_half(pert, records, base, rank=1, null_draws=8)
+    rows = split_half(pert, records, base, rank=1)
     weight, example = rows
     assert weight.space == "weight" and example.space == "example"
-    # The rewarded update of each half leans on the same rank-1 direction: far above the null.
-    assert weight.overlap > weight.null_mean + 2 * weight.null_sd and weight.structured
-    assert 0 <= weight.null_mean < 0.2
+    # The rewarded update of each half leans on the same rank-1 direction: above every one of
+    # the 200 permutations, and more concentrated than a full-rank signal of that strength.
+    assert weight.p_value == pytest.approx(1 / 201) and weight.reproducible
+    assert weight.low_rank and weight.structured and weight.powered
+    assert 0 <= weight.null_mean < 0.2 and weight.family_size == 2
     md = table(rows)
     assert PLANTED_PARAM in md and "| weight |" in md
     png = figure(rows, str(tmp_path / "a.png"))

@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("corp", "corp_kernels")
 
 # corp's layers, lowest first: a module may import its own layer and those below it.
-CORP_LAYERS = {"corp.models": 0, "corp.tasks": 0, "corp.evaluate": 1, "corp.builtin": 1,
-               "corp.method": 2, "corp.scale": 3, "corp.cli": 4, "corp.__main__": 4}
+CORP_LAYERS = {"corp.models": 0, "corp.outputs": 0, "corp.tasks": 0, "corp.evaluate": 1,
+               "corp.builtin": 1, "corp.method": 2, "corp.scale": 3, "corp.cli": 4,
+               "corp.__main__": 4}
 
 
 def _modules() -> dict[str, Path]:

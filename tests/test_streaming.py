@@ -145,7 +145,8 @@ def test_cli_streaming_consolidate(tiny, tmp_path):
             f.write(json.dumps(Record(s, 1e-3, float(i), 0.0, [float(i)], [False]).__dict__)
                     + "\n")
     corp_main(["consolidate", "--streaming", "--model", path, "--output-dir", str(out),
-               "--max-rank", "3", "--max-memory", "64MiB", "--no-progress"])
+               "--population", "6", "--top-k", "6", "--max-rank", "3", "--max-memory", "64MiB",
+               "--no-progress"])
     info = json.loads((out / "consolidation-streaming.json").read_text())
     assert info["layers"] == len(names) and info["ranks"] == [3]
     assert (out / "merged-lowrank" / "model.safetensors").exists()
@@ -201,3 +202,77 @@ def test_streaming_memory_stays_near_one_tensor(tmp_path):
         f"peak RSS grew by {growth['streaming']:.0f} MiB for a 128 MiB model"
     merged = load_file(str(tmp_path / "streaming" / "merged-lowrank" / "model.safetensors"))
     assert sorted(merged) == sorted(names)
+
+
+# -- the log checked against the model (issue 13) --------------------------------------------------
+
+def _write_log(out, header, records):
+    out.mkdir(exist_ok=True)
+    with open(out / "population.jsonl", "w") as f:
+        f.write(json.dumps({"header": header}) + "\n")
+        for rec in records:
+            f.write(json.dumps(rec.__dict__) + "\n")
+
+
+def _searched(loaded, n=6):
+    """The header and records of a search of `n` members on `loaded`, as `corp search` logs."""
+    from corp.method.population import model_fingerprint
+    perturber = Perturber(loaded.model, PerturbationSpec())
+    header = {"model": "tiny", "parameters": [n for n, _ in perturber.params],
+              "sigmas": [1e-3], "population_seed": 0,
+              "fingerprint": model_fingerprint(perturber.params)}
+    return header, [Record(s, 1e-3, float(i % 4), 0.0, [float(i % 4)], [False])
+                    for i, s in enumerate(member_seeds(n, 0))]
+
+
+def _consolidate(model, out, n):
+    return corp_main(["consolidate", "--streaming", "--model", model, "--output-dir", str(out),
+                      "--population", str(n), "--top-k", "1", "--max-rank", "2",
+                      "--no-progress"])
+
+
+def test_checkpoint_fingerprint_equals_the_in_memory_models(tiny):
+    from corp.method.population import model_fingerprint
+    from corp.scale.streaming import checkpoint_fingerprint
+    loaded, path = tiny
+    for spec in (PerturbationSpec(), PerturbationSpec(include_norms=True)):
+        params = Perturber(loaded.model, spec).params
+        assert checkpoint_fingerprint(path, [n for n, _ in params]) == model_fingerprint(params)
+
+
+def test_streaming_refuses_a_log_of_a_model_with_other_shapes(tiny, tmp_path):
+    loaded, path = tiny
+    narrow = str(tmp_path / "narrow")  # the same parameter names, other shapes
+    save_model(build_tiny_model("llama", seed=3, hidden=32, layers=2), narrow)
+    header, records = _searched(loaded)
+    _write_log(tmp_path / "run", header, records)
+    with pytest.raises(ValueError, match=r"searched on another model than .*narrow \(14 "
+                                         r"parameters have other shapes: model.layers.0.self_attn"
+                                         r".q_proj.weight \[64, 64\] in the log, \[32, 32\]"):
+        _consolidate(narrow, tmp_path / "run", 6)
+    assert not (tmp_path / "run" / "merged-lowrank").exists()
+    _consolidate(path, tmp_path / "run", 6)  # the search's own model
+    assert (tmp_path / "run" / "merged-lowrank" / "model.safetensors").exists()
+
+
+def test_streaming_says_how_many_members_the_log_has(tiny, tmp_path):
+    loaded, path = tiny
+    header, records = _searched(loaded, n=6)
+    _write_log(tmp_path / "run", header, records[:4])
+    with pytest.raises(ValueError, match=r"has 4 of the 6 members asked for \(--population 6\): "
+                                         r"finish the search .* or consolidate the first 4 with "
+                                         r"--population 4"):
+        _consolidate(path, tmp_path / "run", 6)
+    assert not (tmp_path / "run" / "merged-lowrank").exists()
+
+
+def test_streaming_leaves_out_a_foreign_record_with_a_warning(tiny, tmp_path, caplog):
+    loaded, path = tiny
+    header, records = _searched(loaded, n=6)
+    foreign = Record(12345, 1e-3, 9.0, 0.0, [9.0], [False])
+    _write_log(tmp_path / "run", header, [*records[:3], foreign, *records[3:]])
+    with caplog.at_level("WARNING", logger="corp"):
+        _consolidate(path, tmp_path / "run", 6)
+    info = json.loads((tmp_path / "run" / "consolidation-streaming.json").read_text())
+    assert info["update"].startswith("two-pass merge of 6 members")
+    assert "1 of its 7 records are not among the 6 members asked for" in caplog.text

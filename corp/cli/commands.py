@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -10,6 +9,8 @@ import time
 import numpy as np
 import torch
 
+from ..method.export import CONSOLIDATION_ARTIFACTS, STREAMING_ARTIFACTS
+from ..outputs import Commit, kill_point, read_json, verify_folder
 from .session import Session
 from .stats import result_row, results_table
 
@@ -41,17 +42,23 @@ def cmd_consolidate(s: Session) -> dict:
                            "stage2_members": s.cfg["stage2_members"], "seed": s.cfg["seed"],
                            **(s.cfg["corp_config"] or {})})
     result = consolidate(s.perturber, s.evaluator, s.splits, records, config)
-    out = {"reason": result.reason, "seconds": time.time() - t, **result.to_json()}
+    out = {"run_id": s.run_id, "reason": result.reason, "seconds": time.time() - t,
+           **result.to_json()}
     log.info("consolidate: %s", result.reason)
-    if result.update is not None:
-        out.update(export_update(s, result.update))
-    s.write_json("consolidation.json", out)
+    # consolidation.json, adapter/ and merged-*/ are replaced together; a run whose gate keeps
+    # the base model retires the previous run's adapter and checkpoints (corp.outputs)
+    with Commit(s.out, CONSOLIDATION_ARTIFACTS, "consolidate", s.run_id) as commit:
+        if result.update is not None:
+            out.update(export_update(s, result.update, commit))
+        else:
+            commit.why_retired = f"the gate kept the base model ({result.reason})"
+        commit.write_json("consolidation.json", out)
     return out
 
 
-def export_update(s: Session, update) -> dict:
-    """Write the accepted update as a LoRA adapter and merged checkpoints, and measure what the
-    low-rank truncation costs on the test split."""
+def export_update(s: Session, update, commit: Commit) -> dict:
+    """Stage the accepted update as a LoRA adapter and merged checkpoints in `commit`, and measure
+    what the low-rank truncation costs on the test split."""
     from ..method.export import apply_factors_, low_rank_factors, write_adapter
     from ..models import save_model
     out = {}
@@ -59,15 +66,18 @@ def export_update(s: Session, update) -> dict:
                                s.cfg["energy_fraction"])
     out["layers"] = [{"name": f.name, "rank": int(f.lora_a.shape[0]),
                       "energy_captured": f.energy_captured} for f in factors]
-    write_adapter(s.path("adapter"), factors, s.loaded.source)
+    write_adapter(commit.folder("adapter"), factors, s.loaded.source)
+    kill_point("export:adapter")
     with s.perturber.inplace(update):
         exact = s.scores("test")
         if s.cfg["save_exact"]:
-            save_model(s.loaded, s.path("merged-exact"))
+            save_model(s.loaded, commit.folder("merged-exact"))
+            kill_point("export:merged-exact")
     s.perturber._take_backup()
     apply_factors_(s.model, factors)
     low = s.scores("test")
-    save_model(s.loaded, s.path("merged-lowrank"))
+    save_model(s.loaded, commit.folder("merged-lowrank"))
+    kill_point("export:merged-lowrank")
     s.perturber.restore_()
     out["test_reward_exact"], out["test_reward_lowrank"] = exact.reward, low.reward
     out["test_accuracy_exact"], out["test_accuracy_lowrank"] = exact.accuracy, low.accuracy
@@ -105,6 +115,7 @@ def cmd_eval(s: Session) -> dict:
         label = f"checkpoint {s.cfg['checkpoint']}"
     elif s.cfg["adapter"]:
         from peft import PeftModel
+        verify_folder(s.cfg["adapter"])  # one complete committed run, or a foreign adapter
         model = PeftModel.from_pretrained(s.model, s.cfg["adapter"]).eval()
         label = f"adapter {s.cfg['adapter']}"
     scores = s.evaluator(model, s.splits["test"])
@@ -118,13 +129,16 @@ def cmd_analyze(s: Session) -> dict:
     records = s.population(search_missing=False)
     base = s.scores("train")
     rows = split_half(s.perturber, records, base.rewards, rank=s.cfg["analysis_rank"],
-                      seed=s.cfg["seed"])
+                      permutations=s.cfg["analysis_permutations"], seed=s.cfg["seed"],
+                      layers=s.cfg["analysis_layers"], alpha=s.cfg["analysis_alpha"],
+                      correction=s.cfg["analysis_correction"])
     md = table(rows)
     with open(s.path("analysis.md"), "w") as f:
-        f.write("# Split-half analysis\n\n" + md + "\n")
+        f.write(f"# Split-half analysis\n\n{len(records)} members, "
+                f"{len(base.rewards)} train examples.\n\n{md}\n")
     figure(rows, s.path("analysis.png"))
     print(md)
-    return {"rows": [r.__dict__ | {"structured": r.structured} for r in rows]}
+    return {"rows": [r.to_json() for r in rows]}
 
 
 def cmd_run(s: Session) -> dict:
@@ -169,12 +183,12 @@ def cmd_consolidate_streaming(cfg: dict) -> dict:
     from ..scale.streaming import (consolidate_streaming, parse_bytes, read_population,
                                    stage1_update)
     t = time.time()
-    header, records = read_population(os.path.join(cfg["output_dir"], "population.jsonl"))
+    header, records = read_population(os.path.join(cfg["output_dir"], "population.jsonl"),
+                                      cfg["model"], None if cfg["update"] else cfg["population"])
     names = header["parameters"]
     model_dir = cfg["model"]
     if cfg["update"]:
-        with open(cfg["update"]) as f:
-            u = json.load(f)["update"]
+        u = read_json(cfg["update"]).get("update")  # refused if not its folder's committed run
         if u is None:
             raise SystemExit(f"corp: {cfg['update']} has no update (its gate kept the base)")
         update, source = Member(tuple(int(x) for x in u["seeds"]), tuple(u["coeffs"])), \
@@ -184,14 +198,23 @@ def cmd_consolidate_streaming(cfg: dict) -> dict:
         update = stage1_update(model_dir, records, names, q, beta, alpha)
         source = f"two-pass merge of {len(records)} members (q={q}, beta={beta}, alpha={alpha})"
     merged = None if cfg["merged"] == "none" else cfg["merged"]
-    out = consolidate_streaming(model_dir, update, names, cfg["output_dir"], cfg["max_rank"],
-                                None, parse_bytes(cfg["max_memory"]), True, merged,
-                                progress=cfg["progress"])
-    out.update(update=source, seconds=time.time() - t)
-    if cfg.get("_rank", 0) != 0:
-        return out
-    with open(os.path.join(cfg["output_dir"], "consolidation-streaming.json"), "w") as f:
-        json.dump(out, f, indent=2, default=str)
+    # rank 0 stages adapter/, merged-*/ and consolidation-streaming.json and commits them as one
+    commit = (Commit(cfg["output_dir"], STREAMING_ARTIFACTS, "consolidate --streaming")
+              if cfg.get("_rank", 0) == 0 else None)
+    try:
+        out = consolidate_streaming(model_dir, update, names, cfg["output_dir"],
+                                    cfg["max_rank"], None, parse_bytes(cfg["max_memory"]), True,
+                                    merged, progress=cfg["progress"], commit=commit)
+        out.update(update=source, seconds=time.time() - t)
+        if commit is None:
+            return out
+        out["run_id"] = commit.run_id
+        commit.write_json("consolidation-streaming.json", out)
+        commit.commit()
+    except BaseException:
+        if commit is not None:
+            commit.abort()
+        raise
     log.info("streaming consolidation: %s", out)
     return out
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 DEFAULTS = dict(
     model="builtin:tiny-llama-add", task="add", output_dir="runs/default", population=512,
     population_seed=0, sigmas=None, top_k=16, mode="auto", batch_size=64, population_batch=16,
     include_embeddings=False, include_norms=False, include_lm_head=False, parameters=None,
     device="cpu", dtype="float32", max_rank=32, energy_fraction=0.9, save_exact=False,
     stage2_rounds=3, stage2_members=32, seed=0, progress=True, log_level="INFO",
-    builtin_steps=300, analysis_rank=4, adapter=None, checkpoint=None,
+    builtin_steps=300, analysis_rank=4, analysis_permutations=200, analysis_alpha=0.05,
+    analysis_correction="holm", adapter=None, checkpoint=None,
     # corp experiment
     tasks=None, corp_population=None, corp_config=None, analysis_layers=None, gradient_steps=4,
     gradient_samples=4, results_dir="benchmarks/results", experiment_name="experiment",
@@ -44,7 +43,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     a("--include-norms", action="store_true", default=None)
     a("--include-lm-head", action="store_true", default=None)
     a("--parameters", nargs="+", help="exact parameter names to perturb (overrides the above)")
-    a("--device", help="cpu or cuda")
+    a("--device", help="cpu (default), cuda or cuda:N; refused where CUDA is not available")
     a("--dtype", choices=["float32", "bfloat16", "float16"])
     a("--max-rank", type=int, help="largest LoRA rank per layer (default 32)")
     a("--energy-fraction", type=float, help="rank = smallest capturing this energy (default .9)")
@@ -57,6 +56,11 @@ def add_options(p: argparse.ArgumentParser) -> None:
     a("--log-level", help="DEBUG, INFO (default), WARNING")
     a("--builtin-steps", type=int, help="training steps of the built-in tiny model")
     a("--analysis-rank", type=int, help="r of the split-half analysis (default 4)")
+    a("--analysis-permutations", type=int, help="permutations per split-half test (default and "
+      "minimum 200; raised so that 1/(1+P) <= alpha / number of rows)")
+    a("--analysis-alpha", type=float, help="level of the split-half tests (default 0.05)")
+    a("--analysis-correction", choices=["holm", "bh"], help="multiple-comparison correction "
+      "across the analysis' rows: holm (family-wise error, default) or bh (false discoveries)")
     a("--adapter", help="eval: a PEFT adapter directory to evaluate on top of the model")
     a("--checkpoint", help="eval: a merged checkpoint directory to evaluate instead")
     a("--streaming", action="store_true", default=None,
@@ -78,25 +82,45 @@ def add_options(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace) -> dict:
+    """Defaults, then the YAML file, then flags; every value checked (cli.values), a bad one a
+    UsageError naming the flag or the YAML key and file."""
+    from .values import UsageError, check_config, flag
     cfg = dict(DEFAULTS)
+    origin = {}
     if args.config:
-        import yaml
-        with open(args.config) as f:
-            loaded = yaml.safe_load(f) or {}
-        unknown = sorted(set(loaded) - set(DEFAULTS))
+        loaded = _read_yaml(args.config)
+        unknown = sorted(set(loaded) - set(DEFAULTS), key=str)
         if unknown:
-            raise SystemExit(f"corp: unknown keys in {args.config}: {unknown}")
+            raise UsageError(f"unknown keys in {args.config}: {unknown}; valid keys: "
+                             f"{', '.join(sorted(DEFAULTS))}")
         cfg.update(loaded)
+        origin.update({key: f"{key} in {args.config}" for key in loaded})
     for key in DEFAULTS:
         value = getattr(args, key, None)
         if value is not None:
             cfg[key] = value
+            origin[key] = flag(key)
     if cfg["sigmas"] is None:
         from ..builtin import DEFAULT_MODEL
         cfg["sigmas"] = list(BUILTIN_SIGMAS if cfg["model"] == DEFAULT_MODEL else MODEL_SIGMAS)
-    if any(not (s > 0 and np.isfinite(s)) for s in cfg["sigmas"]):
-        raise SystemExit(f"corp: sigmas must be finite and > 0, got {cfg['sigmas']}")
-    if cfg["top_k"] > cfg["population"]:
-        raise SystemExit(f"corp: --top-k {cfg['top_k']} exceeds --population "
-                         f"{cfg['population']} (K <= N)")
+    check_config(cfg, origin, getattr(args, "command", ""))
     return cfg
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml
+    from .values import UsageError
+    try:
+        with open(path) as f:
+            loaded = yaml.safe_load(f)
+    except OSError as e:
+        raise UsageError(f"--config {path}: cannot read it ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"--config {path} is not valid YAML: "
+                         f"{' '.join(str(e).split())}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UsageError(f"--config {path} must be a mapping of option names to values, got "
+                         f"a {type(loaded).__name__}")
+    return loaded

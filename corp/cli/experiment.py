@@ -94,8 +94,13 @@ def run_task(s) -> tuple[list[dict], list]:
         note = result.reason
     rows.append(_row(task, label, corp_scores, 1, n_corp, t_corp_search + t_cons, t_corp_test,
                      note))
-    with open(s.path("consolidation.json"), "w") as f:
-        json.dump({"reason": result.reason, **result.to_json()}, f, indent=2, default=str)
+    # replaces the folder's consolidation.json and retires an adapter or checkpoints that an
+    # earlier `corp consolidate` exported there: they would not be this update's (corp.outputs)
+    from ..method.export import CONSOLIDATION_ARTIFACTS
+    from ..outputs import Commit
+    with Commit(s.out, CONSOLIDATION_ARTIFACTS, "experiment", s.run_id) as commit:
+        commit.why_retired = "`corp experiment` consolidated without exporting"
+        commit.write_json("consolidation.json", {"reason": result.reason, **result.to_json()})
 
     (tuned, info), t_grad = _timed(reward_weighted_finetune, s.model, s.evaluator,
                                    s.splits["train"], samples=cfg["gradient_samples"],
@@ -109,7 +114,9 @@ def run_task(s) -> tuple[list[dict], list]:
 
     base_train = s.evaluator(s.model, s.splits["train"])
     analysis = split_half(s.perturber, records, base_train.rewards, rank=cfg["analysis_rank"],
-                          seed=cfg["seed"], layers=cfg["analysis_layers"])
+                          permutations=cfg["analysis_permutations"], seed=cfg["seed"],
+                          layers=cfg["analysis_layers"], alpha=cfg["analysis_alpha"],
+                          correction=cfg["analysis_correction"])
     rewards = np.array([r.reward for r in records])
     summary = {"task": task, "share_at_or_above_base": float(np.mean(rewards >= base_train.reward)),
                "base_train_reward": base_train.reward, "best_train_reward": float(rewards.max()),
@@ -117,7 +124,7 @@ def run_task(s) -> tuple[list[dict], list]:
                "splits": "/".join(str(len(s.splits[x])) for x in ("train", "val", "test"))}
     with open(s.path("experiment.json"), "w") as f:
         json.dump({"rows": rows, "summary": summary,
-                   "analysis": [r.__dict__ | {"structured": r.structured} for r in analysis]},
+                   "analysis": [r.to_json() for r in analysis]},
                   f, indent=2, default=str)
     return rows, analysis, summary
 
@@ -214,7 +221,7 @@ def _write(cfg, name, results_dir, rows, analysis, summaries, seconds) -> None:
         f.write("\n".join(md))
     with open(os.path.join(results_dir, f"{name}.json"), "w") as f:
         json.dump({"rows": rows, "summaries": summaries,
-                   "analysis": [r.__dict__ | {"structured": r.structured} for r in analysis]},
+                   "analysis": [r.to_json() for r in analysis]},
                   f, indent=2, default=str)
     figure(rows, os.path.join(results_dir, f"{name}.png"))
     split.figure(analysis, os.path.join(results_dir, f"{name}-split-half.png"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -15,15 +14,25 @@ class Session:
         from ..builtin import DEFAULT_MODEL, SMOLLM2_MODEL, builtin_model, smollm2_dir
         from ..evaluate import TextEvaluator
         from ..method.perturb import PerturbationSpec, Perturber
+        from ..method.population import model_fingerprint
         from ..models import load_model
         from ..tasks import load_task
+        from ..outputs import new_run_id
+        from .values import UsageError
         self.cfg, self.out = cfg, cfg["output_dir"]
+        self.run_id = new_run_id()  # names this command's committed outputs (corp.outputs)
         os.makedirs(self.out, exist_ok=True)
-        self.task = load_task(cfg["task"])
+        try:
+            self.task = load_task(cfg["task"])
+        except Exception as e:  # a user's task file may raise anything; say which file and what
+            raise UsageError(f"task {cfg['task']!r} could not be loaded: "
+                             f"{type(e).__name__}: {e}") from None
         self.splits = self.task.splits()
         if cfg["model"] == DEFAULT_MODEL:
             self.loaded = builtin_model(os.path.join(self.out, "base-model"), self.task,
                                         steps=cfg["builtin_steps"])
+            # built and cached on the CPU in float32; --device and --dtype apply to it too
+            self.loaded.model.to(device=cfg["device"], dtype=getattr(torch, cfg["dtype"]))
         elif cfg["model"] == SMOLLM2_MODEL:
             self.loaded = load_model(smollm2_dir(), getattr(torch, cfg["dtype"]), cfg["device"])
             self.loaded.source = SMOLLM2_MODEL
@@ -42,17 +51,18 @@ class Session:
         self.header = {"model": self.loaded.source, "task": self.task.name,
                        "train": [e.prompt for e in self.splits["train"]],
                        "parameters": [n for n, _ in self.perturber.params],
-                       "sigmas": list(cfg["sigmas"]), "population_seed": cfg["population_seed"]}
+                       "sigmas": list(cfg["sigmas"]), "population_seed": cfg["population_seed"],
+                       "fingerprint": model_fingerprint(self.perturber.params)}
 
     def path(self, name: str) -> str:
         return os.path.join(self.out, name)
 
     def write_json(self, name: str, obj) -> None:
-        with open(self.path(name), "w") as f:
-            json.dump(obj, f, indent=2, default=str)
+        from ..outputs import write_json_atomic
+        write_json_atomic(self.path(name), obj)
 
     def population(self, search_missing: bool = True):
-        from ..method.population import PopulationLog, member_seeds, search
+        from ..method.population import member_seeds, read_records, search
         seeds = member_seeds(self.cfg["population"], self.cfg["population_seed"])
         if search_missing and self.cfg.get("_world", 1) > 1:
             from ..scale.distributed import distributed_search
@@ -64,7 +74,7 @@ class Session:
             return search(self.perturber, self.evaluator, self.splits["train"], seeds,
                           self.cfg["sigmas"], self.path("population.jsonl"), self.header,
                           self.cfg["mode"], self.cfg["population_batch"], self.cfg["progress"])
-        records = PopulationLog(self.path("population.jsonl"), self.header).records
+        records = read_records(self.path("population.jsonl"), self.header)  # no lock needed
         missing = [s for s in seeds if s not in records]
         if missing:
             raise SystemExit(f"corp: {len(missing)} of {len(seeds)} members are not in "

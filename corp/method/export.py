@@ -10,6 +10,9 @@ reported per layer; the reward cost of truncation is measured by evaluating both
 
 LoRA convention: W' = W + B @ A with lora_B = U sqrt(S) [out, r], lora_A = sqrt(S) V^T [r, in],
 lora_alpha = r per module (PEFT's scaling alpha / r = 1).
+
+The writers here write into a fresh folder; the commands stage these folders beside their targets
+and replace a run folder's adapter and merged checkpoints as a whole (corp.outputs).
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ import torch
 import corp_kernels as ck
 
 from .perturb import Member, Perturber, parameter_key
+
+# What a consolidation writes into a run folder; each command commits its set as one run and
+# retires the ones it does not write (corp.outputs.Commit). `consolidate --streaming` leaves
+# consolidation.json alone (it is often its --update); `consolidate` and `experiment` own it all.
+EXPORT_ARTIFACTS = ("adapter", "merged-lowrank", "merged-exact")
+STREAMING_ARTIFACTS = ("consolidation-streaming.json", *EXPORT_ARTIFACTS)
+CONSOLIDATION_ARTIFACTS = ("consolidation.json", *STREAMING_ARTIFACTS)
 
 
 @dataclass
@@ -82,10 +92,13 @@ def module_name(param_name: str) -> str:
 
 
 def write_adapter(directory: str, factors: list[LayerFactors], base_model: str) -> str:
-    """A PEFT LoRA adapter (adapter_model.safetensors + adapter_config.json)."""
+    """A PEFT LoRA adapter (adapter_model.safetensors + adapter_config.json) in `directory`,
+    which must be new or empty (an earlier adapter's files would be read with the new ones)."""
     from safetensors.torch import save_file
     if not factors:
         raise ValueError("no 2-D parameter has an update: nothing to write as a LoRA adapter")
+    if os.path.isdir(directory) and os.listdir(directory):
+        raise ValueError(f"{directory} is not empty: write_adapter writes a fresh folder")
     os.makedirs(directory, exist_ok=True)
     tensors, ranks = {}, {}
     for f in factors:

@@ -23,6 +23,7 @@ share and rank 0 gathers the (small) factors and writes the files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import mmap
@@ -37,8 +38,9 @@ from tqdm.auto import tqdm
 
 import corp_kernels as ck
 
-from ..method.export import LayerFactors, layer_factors, write_adapter
+from ..method.export import EXPORT_ARTIFACTS, LayerFactors, layer_factors, write_adapter
 from ..method.perturb import Member, parameter_key
+from ..outputs import MANIFEST, RECORD, Commit, kill_point
 
 log = logging.getLogger("corp")
 
@@ -148,11 +150,12 @@ class ShardReader:
 
 
 def write_streaming(path: str, entries: list[TensorEntry], produce, metadata: dict | None = None
-                    ) -> None:
+                    ) -> str:
     """Write a safetensors file whose tensors have `entries`' names, dtypes and shapes, calling
     produce(entry) for one tensor at a time: it returns the tensor, or its stored bytes as an
     iterable of bytes-like pieces (so a tensor can be written a block at a time). Written to a
-    temporary name and renamed."""
+    temporary name and renamed. Returns the file's SHA-256, computed as it is written (for the
+    folder's manifest, so that a large checkpoint is not read again)."""
     header, offset = {}, 0
     for e in entries:
         size = e.end - e.begin
@@ -164,9 +167,11 @@ def write_streaming(path: str, entries: list[TensorEntry], produce, metadata: di
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
     tmp = path + ".partial"
+    digest = hashlib.sha256()
     with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
+        for piece in (struct.pack("<Q", len(blob)), blob):
+            f.write(piece)
+            digest.update(piece)
         for e in entries:
             produced = produce(e)
             if isinstance(produced, torch.Tensor):
@@ -177,9 +182,11 @@ def write_streaming(path: str, entries: list[TensorEntry], produce, metadata: di
             written = 0
             for piece in produced:
                 written += f.write(piece)
+                digest.update(piece)
             if written != e.end - e.begin:
                 raise ValueError(f"{e.name}: produced {written} bytes, expected {e.end - e.begin}")
     os.replace(tmp, path)
+    return digest.hexdigest()
 
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -247,20 +254,28 @@ def _merged_rows(reader: ShardReader, e: TensorEntry, update: Member, factors: L
 
 
 def write_merged(model_dir: str, out_dir: str, update: Member, factors: list[LayerFactors],
-                 exact: bool = False, progress: bool = True) -> str:
+                 exact: bool = False, progress: bool = True,
+                 hashes: dict[str, str] | None = None) -> str:
     """A merged checkpoint, shard by shard: W + B @ A (or, with `exact`, W + sum_j c_j eps_j),
-    rounded once to the stored dtype. Other files of the model folder are copied."""
+    rounded once to the stored dtype. Other files of the model folder are copied (not its corp
+    manifest or record). `out_dir` must be new or empty: files of an earlier checkpoint left
+    beside the new shards would be loaded with them (consolidate_streaming stages a fresh folder
+    and replaces the old one as a whole). `hashes` receives each shard's SHA-256."""
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise ValueError(f"{out_dir} is not empty: write_merged writes a fresh folder (an earlier "
+                         f"checkpoint's files would be loaded with the new shards)")
     os.makedirs(out_dir, exist_ok=True)
     by_name = {f.name: f for f in factors}
     files = model_files(model_dir)
     for name in os.listdir(model_dir):
         src = os.path.join(model_dir, name)
-        if os.path.isfile(src) and not name.endswith(".safetensors"):
+        if (os.path.isfile(src) and not name.endswith(".safetensors")
+                and name not in (MANIFEST, RECORD)):
             shutil.copy2(src, os.path.join(out_dir, name))
     bar = tqdm(total=sum(os.path.getsize(p) for p in files), unit="B", unit_scale=True,
                desc="merged checkpoint", disable=not progress)
 
-    for path in files:
+    for shard, path in enumerate(files, 1):
         entries, meta = read_header(path)
         with ShardReader(path) as reader:
             def produce(e: TensorEntry):
@@ -270,8 +285,11 @@ def write_merged(model_dir: str, out_dir: str, update: Member, factors: list[Lay
                 else:  # unchanged: the stored bytes go straight from the map to the file
                     yield from reader.chunks(e)
                 bar.update(e.end - e.begin)
-            write_streaming(os.path.join(out_dir, os.path.basename(path)), entries, produce,
-                            meta)
+            digest = write_streaming(os.path.join(out_dir, os.path.basename(path)), entries,
+                                     produce, meta)
+        if hashes is not None:
+            hashes[os.path.basename(path)] = digest
+        kill_point(f"merged:shard-{shard}")
     bar.close()
     return out_dir
 
@@ -280,9 +298,14 @@ def consolidate_streaming(model_dir: str, update: Member, names, out_dir: str,
                           max_rank: int = 16, energy_fraction: float | None = None,
                           max_memory_bytes: int | None = None, adapter: bool = True,
                           merged: str | None = "lowrank", power_iters: int = 0,
-                          progress: bool = True) -> dict:
+                          progress: bool = True, commit: Commit | None = None) -> dict:
     """Adapter and/or merged checkpoint for `update` on the safetensors model in `model_dir`.
-    Under torchrun, layers are factored across ranks and rank 0 writes."""
+    Under torchrun, layers are factored across ranks and rank 0 writes.
+
+    `adapter/` and `merged-*/` in `out_dir` are replaced as a whole (corp.outputs): they are
+    staged beside their targets and committed together, and the ones this call does not write
+    are retired, so what loads is always one call's output. Pass `commit` (rank 0) to stage them
+    into a larger commit that the caller completes; without it this call commits."""
     import torch.distributed as dist
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
@@ -291,12 +314,27 @@ def consolidate_streaming(model_dir: str, update: Member, names, out_dir: str,
     factors = gather_factors(factors, world)
     out = {"layers": len(factors), "ranks": sorted({int(f.lora_a.shape[0]) for f in factors})}
     if rank == 0:
-        if adapter:
-            out["adapter"] = write_adapter(os.path.join(out_dir, "adapter"), factors, model_dir)
-        if merged:
-            out["merged"] = write_merged(model_dir, os.path.join(out_dir, f"merged-{merged}"),
-                                         update, factors, exact=merged == "exact",
-                                         progress=progress)
+        own = commit is None
+        if own:
+            commit = Commit(out_dir, EXPORT_ARTIFACTS, "consolidate --streaming")
+        try:
+            if adapter:
+                write_adapter(commit.folder("adapter"), factors, model_dir)
+                out["adapter"] = os.path.join(out_dir, "adapter")
+                kill_point("export:adapter")
+            if merged:
+                name, hashes = f"merged-{merged}", {}
+                write_merged(model_dir, commit.folder(name), update, factors,
+                             exact=merged == "exact", progress=progress, hashes=hashes)
+                commit.add_hashes(name, hashes)
+                out["merged"] = os.path.join(out_dir, name)
+                kill_point(f"export:{name}")
+            if own:
+                commit.commit()
+        except BaseException:
+            if own:
+                commit.abort()
+            raise
     if distributed:
         dist.barrier()
     return out
@@ -315,13 +353,69 @@ def parse_bytes(text: str | int | None) -> int | None:
     return int(float(m.group(1)) * units[m.group(2)])
 
 
-def read_population(log_path: str):
-    """(header, records) of a population log, without a model (read-only)."""
-    from ..method.population import read_log
-    header, records, _ = read_log(log_path)  # a truncated last line is left out
+def checkpoint_fingerprint(model_dir: str, names) -> dict:
+    """The fingerprint (`corp.method.population.fingerprint`) of the parameters `names` of a
+    safetensors checkpoint, from its headers alone: the same as the in-memory model's when it is
+    loaded in the stored dtypes. Names not in the checkpoint are left out."""
+    from ..method.population import fingerprint
+    entries = {}
+    for path in model_files(model_dir):
+        entries.update({e.name: e for e in read_header(path)[0]})
+    return fingerprint((n, entries[n].shape, DTYPES[entries[n].dtype]) for n in names
+                       if n in entries)
+
+
+def read_population(log_path: str, model_dir: str | None = None, population: int | None = None):
+    """(header, records) of a population log, without a model (read-only; a truncated last line
+    is left out, any other damage is an error naming the line).
+
+    With `model_dir`, the log's model fingerprint must match the checkpoint's names and shapes (a
+    dtype that differs only warns: the noise depends on names and shapes, and a search often runs
+    a bf16 checkpoint in float32). With `population`, the records are exactly the first
+    `population` members of the log's seed stream, in stream order: fewer is an error saying how
+    many there are, records outside them (another search's, or a larger one's) are left out with
+    a warning."""
+    from ..method.population import fingerprint_differences, member_seeds, read_log
+    if not os.path.exists(log_path):
+        raise ValueError(f"there is no population log at {log_path}: run `corp search` first")
+    header, records, _ = read_log(log_path)
     if header is None:
         raise ValueError(f"{log_path} is empty: run `corp search` first")
-    return header, list({r.seed: r for r in records}.values())
+    if model_dir is not None:
+        logged = header.get("fingerprint")
+        if logged is None:
+            log.warning("%s has no model fingerprint (written before corp recorded one): the "
+                        "shapes of %s cannot be checked against the search's model", log_path,
+                        model_dir)
+        else:
+            actual = checkpoint_fingerprint(model_dir, [p[0] for p in logged["parameters"]])
+            wrong = fingerprint_differences(logged, actual, dtypes=False)
+            if wrong:
+                raise ValueError(f"{log_path} was searched on another model than {model_dir} "
+                                 f"({'; '.join(wrong)}): consolidate with the model the search "
+                                 f"ran on (its header names {header.get('model')!r})")
+            dtypes = fingerprint_differences(logged, actual)
+            if dtypes:
+                log.warning("%s: %s (the update is the same; the rewards were measured in the "
+                            "logged dtypes)", log_path, dtypes[0])
+    if population is None:
+        return header, records
+    seeds = member_seeds(population, int(header.get("population_seed", 0)))
+    by_seed = {r.seed: r for r in records}
+    have = sum(s in by_seed for s in seeds)
+    if have < population:
+        prefix = next((i for i, s in enumerate(seeds) if s not in by_seed), population)
+        hint = (f", or consolidate the first {prefix} with --population {prefix}" if prefix
+                else "")
+        raise ValueError(f"{log_path} has {have} of the {population} members asked for "
+                         f"(--population {population}): finish the search with `corp search` "
+                         f"and the same options{hint}")
+    others = len(by_seed) - have
+    if others:
+        log.warning("%s: %d of its %d records are not among the %d members asked for (the "
+                    "first %d seeds of population seed %s) and are left out", log_path, others,
+                    len(by_seed), population, population, header.get("population_seed", 0))
+    return header, [by_seed[s] for s in seeds]
 
 
 def stage1_update(model_dir: str, records, names, q: float = 0.5, beta: float = 1.0,
