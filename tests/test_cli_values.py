@@ -96,6 +96,9 @@ YAML_CASES = [
     ("corp-config-type", "corp_config: {stage2_rank: 2.5}\n",
      "stage2_rank must be an integer > 0, got 2.5"),
     ("stage1-length", "stage1: [0.5, 1.0]\n", "stage1 in .*c.yaml must be three numbers"),
+    ("procedure", "procedure: paper\n", "procedure in .*c.yaml must be one of gated, released"),
+    ("corp-config-procedure", "corp_config: {procedure: paper}\n",
+     "procedure must be one of gated, released, got 'paper'"),
     ("corp-population", "population: 8\ntop_k: 2\ncorp_population: 9\n",
      "corp_population in .*c.yaml 9 exceeds population in .*c.yaml 8"),
 ]

@@ -54,3 +54,19 @@ def test_python_dash_m_corp_help():
     result = subprocess.run([sys.executable, "-m", "corp", "--help"], capture_output=True,
                             text=True, env=env, timeout=120)
     assert result.returncode == 0 and "consolidate" in result.stdout
+
+
+def test_consolidate_runs_the_released_procedure_on_request(tmp_path):
+    out = tmp_path / "run"
+    assert main(["search", "--output-dir", str(out), *SMALL]) == 0
+    small_grid = tmp_path / "grid.yaml"
+    small_grid.write_text("corp_config: {quantiles: [0.5], betas: [1.0], alphas: [0.5, 1.0]}\n")
+    assert main(["consolidate", "--output-dir", str(out), "--config", str(small_grid),
+                 "--procedure", "released", *SMALL]) == 0
+    result = json.loads((out / "consolidation.json").read_text())
+    config = result["corp_config"]
+    assert config["procedure"] == "released" and config["alpha_units"] == "raw"
+    assert config["betas"] == [1.0] and config["stage2_members"] == 4  # overrides win
+    stage1 = result["decisions"][0]
+    assert stage1["stage"] == "stage1" and stage1["accepted"]  # committed without a gate
+    assert "released procedure" in result["reason"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -35,15 +36,14 @@ def cmd_search(s: Session) -> dict:
 
 
 def cmd_consolidate(s: Session) -> dict:
-    from ..method.consolidate import CorpConfig, consolidate
+    from ..method.consolidate import consolidate
+    from .config import corp_config
     records = s.population(search_missing=False)
     t = time.time()
-    config = CorpConfig(**{"stage2_rounds": s.cfg["stage2_rounds"],
-                           "stage2_members": s.cfg["stage2_members"], "seed": s.cfg["seed"],
-                           **(s.cfg["corp_config"] or {})})
+    config = corp_config(s.cfg)
     result = consolidate(s.perturber, s.evaluator, s.splits, records, config)
     out = {"run_id": s.run_id, "reason": result.reason, "seconds": time.time() - t,
-           **result.to_json()}
+           "corp_config": dataclasses.asdict(config), **result.to_json()}
     log.info("consolidate: %s", result.reason)
     # consolidation.json, adapter/ and merged-*/ are replaced together; a run whose gate keeps
     # the base model retires the previous run's adapter and checkpoints (corp.outputs)

@@ -10,7 +10,8 @@ DEFAULTS = dict(
     population_seed=0, sigmas=None, top_k=16, mode="auto", batch_size=64, population_batch=16,
     include_embeddings=False, include_norms=False, include_lm_head=False, parameters=None,
     device="cpu", dtype="float32", max_rank=32, energy_fraction=0.9, save_exact=False,
-    stage2_rounds=3, stage2_members=32, seed=0, progress=True, log_level="INFO",
+    stage2_rounds=3, stage2_members=100, seed=0, progress=True, log_level="INFO",
+    procedure="gated",
     builtin_steps=300, analysis_rank=4, analysis_permutations=200, analysis_alpha=0.05,
     analysis_correction="holm", adapter=None, checkpoint=None,
     # corp experiment
@@ -50,7 +51,11 @@ def add_options(p: argparse.ArgumentParser) -> None:
     a("--save-exact", action="store_true", default=None,
       help="also write the untruncated merged checkpoint")
     a("--stage2-rounds", type=int, help="CoRP Stage-2 rounds (default 3; 0 disables)")
-    a("--stage2-members", type=int, help="local members per Stage-2 round (default 32)")
+    a("--stage2-members", type=int, help="local members per Stage-2 round (default 100, as "
+      "released)")
+    a("--procedure", choices=["gated", "released"], help="CoRP procedure: gated (default: every "
+      "commit passes a gate) or released (the released code's: Stage 1 committed ungated from "
+      "its 126-point grid, Stage 2's q x beta x eta sweep); corp_config values override either")
     a("--seed", type=int, help="seed of data splits inside CoRP and the analysis (default 0)")
     a("--no-progress", dest="progress", action="store_false", default=None)
     a("--log-level", help="DEBUG, INFO (default), WARNING")
@@ -124,3 +129,15 @@ def _read_yaml(path: str) -> dict:
         raise UsageError(f"--config {path} must be a mapping of option names to values, got "
                          f"a {type(loaded).__name__}")
     return loaded
+
+
+def corp_config(cfg: dict):
+    """The CorpConfig of a resolved config: the procedure's defaults (CorpConfig() or
+    CorpConfig.released()), then --stage2-rounds/--stage2-members/--seed, then `corp_config`."""
+    from ..method.consolidate import CorpConfig
+    overrides = {"stage2_rounds": cfg["stage2_rounds"], "stage2_members": cfg["stage2_members"],
+                 "seed": cfg["seed"], **(cfg["corp_config"] or {})}
+    procedure = overrides.pop("procedure", cfg["procedure"])
+    if procedure == "released":
+        return CorpConfig.released(**overrides)
+    return CorpConfig(procedure=procedure, **overrides)

@@ -44,7 +44,8 @@ def _timed(fn, *args, **kwargs):
 
 def run_task(s) -> tuple[list[dict], list]:
     from ..method.analysis import split_half
-    from ..method.consolidate import CorpConfig, consolidate
+    from ..method.consolidate import consolidate
+    from .config import corp_config
     from ..method.ensemble import top_k, vote_scores
     from ..method.population import iter_member_scores, member_seeds, search
     from .gradient import reward_weighted_finetune
@@ -78,9 +79,7 @@ def run_task(s) -> tuple[list[dict], list]:
     vote = vote_scores(s.evaluator, member_scores, test)
     rows.append(_row(task, f"RandOpt top-{k} vote", vote, k, n, t_search, sum(member_seconds)))
 
-    corp_cfg = CorpConfig(**{"seed": cfg["seed"], "stage2_rounds": cfg["stage2_rounds"],
-                             "stage2_members": cfg["stage2_members"],
-                             **(cfg["corp_config"] or {})})
+    corp_cfg = corp_config(cfg)
     result, t_cons = _timed(consolidate, s.perturber, s.evaluator, s.splits, corp_records,
                             corp_cfg)
     label = f"CoRP (N={n_corp})"

@@ -30,7 +30,7 @@ def flag(key: str) -> str:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 CHOICES = {"mode": ("auto", "inplace", "fused", "population"),
            "dtype": ("float32", "bfloat16", "float16"), "merged": ("lowrank", "exact", "none"),
-           "analysis_correction": ("holm", "bh")}
+           "analysis_correction": ("holm", "bh"), "procedure": ("gated", "released")}
 # integer options: smallest value; None where the option may be left unset
 INT_MIN = {"population": 1, "population_seed": 0, "top_k": 1, "batch_size": 1,
            "population_batch": 1, "max_rank": 1, "stage2_rounds": 0, "stage2_members": 1,
@@ -54,7 +54,7 @@ CORP_CONFIG = {"quantiles": ("floats", *_UNIT), "betas": ("floats", *_NONNEG),
                "stage2_members": ("int", *_POS), "stage2_rank": ("int", *_POS),
                "stage2_lambda": ("float", *_UNIT), "stage2_sigma": ("float?", *_POS),
                "stage2_alphas": ("floats", *_POS), "regression_weight": ("float", *_NONNEG),
-               "seed": ("int", *_NONNEG)}
+               "seed": ("int", *_NONNEG), "procedure": ("choice", ("gated", "released"))}
 
 
 def _is_int(v) -> bool:
