@@ -70,3 +70,23 @@ def test_consolidate_runs_the_released_procedure_on_request(tmp_path):
     stage1 = result["decisions"][0]
     assert stage1["stage"] == "stage1" and stage1["accepted"]  # committed without a gate
     assert "released procedure" in result["reason"]
+
+
+def test_corp_experiment_reports_equal_budget_rows_and_gate_power(tmp_path):
+    results = tmp_path / "results"
+    config = tmp_path / "exp.yaml"
+    config.write_text("gradient_steps: 1\ngradient_samples: 1\n")
+    args = ["experiment", "--output-dir", str(tmp_path / "exp"), "--results-dir", str(results),
+            "--experiment-name", "tiny", "--corp-population", "6", "--config", str(config),
+            *SMALL]
+    assert main(args) == 0
+    md = (results / "tiny.md").read_text()
+    for row in ("| base model |", "RandOpt best member |", "RandOpt top-3 vote |",
+                "CoRP (N=6", "RandOpt best member (N=6, CoRP's budget)",
+                "RandOpt top-3 vote (N=6, CoRP's budget)"):
+        assert row in md, row
+    assert "detectable" in md and "- stage1:" in md  # every gate beside its power
+    rows = json.loads((results / "tiny.json").read_text())["rows"]
+    decisions = json.loads((tmp_path / "exp" / "add" / "consolidation.json").read_text())
+    if decisions["update"] != decisions["candidate"]:  # a gate refused the candidate: show it
+        assert any(r["method"].startswith("CoRP best Stage-1 candidate") for r in rows)

@@ -13,7 +13,7 @@ import torch
 from ..method.export import CONSOLIDATION_ARTIFACTS, STREAMING_ARTIFACTS
 from ..outputs import Commit, kill_point, read_json, verify_folder
 from .session import Session
-from .stats import result_row, results_table
+from .stats import gate_lines, result_row, results_table
 
 log = logging.getLogger("corp")
 
@@ -157,7 +157,13 @@ def cmd_run(s: Session) -> dict:
             rows.append(result_row("CoRP (exact update)", s.scores("test"), 1, None))
     else:
         rows.append({**base, "method": "CoRP (no update passed the gate: base model)"})
-    md = results_table(rows)
+    candidate = cons_member(cons, "candidate")
+    if candidate is not None and (cons["update"] is None or candidate != cons_member(cons)):
+        # What the gates were asked about: does their verdict look right on the test split?
+        with s.perturber.inplace(candidate):
+            rows.append(result_row("CoRP best Stage-1 candidate (ungated)", s.scores("test"), 1,
+                                   None))
+    md = results_table(rows) + "\n\nCoRP decisions:\n" + "\n".join(gate_lines(cons["decisions"]))
     text = (f"# corp run\n\nmodel: {s.loaded.source}\ntask: {s.task.name}; train/val/test = "
             f"{len(s.splits['train'])}/{len(s.splits['val'])}/{len(s.splits['test'])}; "
             f"N = {s.cfg['population']}, K = {s.cfg['top_k']}, sigmas = {s.cfg['sigmas']}\n"
@@ -171,9 +177,12 @@ def cmd_run(s: Session) -> dict:
     return {"rows": rows}
 
 
-def cons_member(cons: dict):
+def cons_member(cons: dict, key: str = "update"):
+    """The Member stored under `key` of a consolidation's JSON (None when there is none)."""
     from ..method.perturb import Member
-    u = cons["update"]
+    u = cons.get(key)
+    if u is None:
+        return None
     return Member(tuple(int(x) for x in u["seeds"]), tuple(u["coeffs"]))
 
 

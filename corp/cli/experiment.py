@@ -5,7 +5,10 @@ For each task, in `output_dir/<task>/`:
    (N_corp = N / 10 by default) are searched first and timed on their own: they are CoRP's
    whole population, so CoRP's budget is a tenth of RandOpt's.
 2. Test rows: base model; RandOpt's best member (1 pass); RandOpt's top-K vote (K passes);
-   CoRP on the first N_corp members (1 pass); reward-weighted fine-tuning (1 pass).
+   CoRP on the first N_corp members (1 pass), and its best Stage-1 candidate when a gate did not
+   commit it (what the gates were asked about); RandOpt's best member and vote from the same
+   N_corp members (CoRP's budget); reward-weighted fine-tuning (1 pass). Every CoRP decision is
+   listed with its gain and the gain its gate could have detected (80% power).
 3. The split-half analysis of the full population (chosen layers + example space).
 Then one markdown table, a JSON file and two figures for all tasks go to `results_dir`.
 Accuracy and mean reward carry 95% bootstrap intervals over test examples.
@@ -93,6 +96,27 @@ def run_task(s) -> tuple[list[dict], list]:
         note = result.reason
     rows.append(_row(task, label, corp_scores, 1, n_corp, t_corp_search + t_cons, t_corp_test,
                      note))
+    if result.candidate is not None and result.candidate != result.update:
+        # What the gates were asked about: does their verdict hold on the test split?
+        with s.perturber.inplace(result.candidate):
+            cand_scores, t_cand = _timed(s.evaluator, s.model, test)
+        rows.append(_row(task, f"CoRP best Stage-1 candidate, ungated (N={n_corp})", cand_scores,
+                         1, n_corp, t_corp_search + t_cons, t_cand))
+    # RandOpt on CoRP's budget: best member and vote from the same N_corp members CoRP used.
+    k_corp = min(k, n_corp)
+    small_scores, small_seconds = [], []
+    t = time.time()
+    for _, scores in iter_member_scores(s.perturber, s.evaluator, test,
+                                        [r.member for r in top_k(corp_records, k_corp)],
+                                        cfg["mode"], cfg["population_batch"]):
+        small_scores.append(scores)
+        small_seconds.append(time.time() - t)
+        t = time.time()
+    rows.append(_row(task, f"RandOpt best member (N={n_corp}, CoRP's budget)", small_scores[0], 1,
+                     n_corp, t_corp_search, small_seconds[0]))
+    rows.append(_row(task, f"RandOpt top-{k_corp} vote (N={n_corp}, CoRP's budget)",
+                     vote_scores(s.evaluator, small_scores, test), k_corp, n_corp, t_corp_search,
+                     sum(small_seconds)))
     # replaces the folder's consolidation.json and retires an adapter or checkpoints that an
     # earlier `corp consolidate` exported there: they would not be this update's (corp.outputs)
     from ..method.export import CONSOLIDATION_ARTIFACTS
@@ -117,7 +141,9 @@ def run_task(s) -> tuple[list[dict], list]:
                           layers=cfg["analysis_layers"], alpha=cfg["analysis_alpha"],
                           correction=cfg["analysis_correction"])
     rewards = np.array([r.reward for r in records])
+    from .stats import gate_lines
     summary = {"task": task, "share_at_or_above_base": float(np.mean(rewards >= base_train.reward)),
+               "corp_decisions": gate_lines(result.to_json()["decisions"]),
                "base_train_reward": base_train.reward, "best_train_reward": float(rewards.max()),
                "n": n, "n_corp": n_corp, "k": k, "search_seconds": t_search,
                "splits": "/".join(str(len(s.splits[x])) for x in ("train", "val", "test"))}
@@ -212,7 +238,11 @@ def _write(cfg, name, results_dir, rows, analysis, summaries, seconds) -> None:
     for s in summaries:
         md.append(f"- {s['task']}: {s['share_at_or_above_base']:.2f} (base train reward "
                   f"{s['base_train_reward']:.3f}, best member {s['best_train_reward']:.3f})")
-    md += ["", "CoRP decisions are in each task's `consolidation.json` under the output folder.",
+    md += ["", "CoRP decisions (each gate's gain beside the gain it could have detected; the full "
+           "record is each task's `consolidation.json` under the output folder):", ""]
+    for s in summaries:
+        md += [f"{s['task']}:", *s.get("corp_decisions", []), ""]
+    md += ["",
            "", "## Split-half analysis of the full populations", "",
            split.table(analysis), "", f"![results]({name}.png)", "",
            f"![split-half]({name}-split-half.png)", ""]
