@@ -84,3 +84,43 @@ def test_split_half_finds_the_planted_direction_and_a_null_without_it(tmp_path):
     png = figure(rows, str(tmp_path / "a.png"))
     assert (tmp_path / "a.png").stat().st_size > 1000 and png.endswith(".png")
     assert np.isfinite(example.overlap)
+
+
+def _rank_choice_setup(direction_kind: str):
+    """A planted task that rewards the update's projection on either its own top singular
+    direction (a rank-1 structure every truncation keeps) or its full-rank direction (which a
+    truncation shrinks to its captured energy). The exact update solves ~97% of the probe."""
+    from corp.method.export import choose_rank
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(parameters=(PLANTED_PARAM,)))
+    update = Member(tuple(range(1, 9)), tuple([0.01] * 8))
+    param = dict(lm.model.named_parameters())[PLANTED_PARAM]
+    keys = [parameter_key(s, PLANTED_PARAM) for s in update.seeds]
+    delta = ck.weighted_noise_sum(tuple(param.shape), keys, list(update.coeffs)).double()
+    if direction_kind == "rank-1":
+        u, s, vh = torch.linalg.svd(delta)
+        direction, projection = torch.outer(u[:, 0], vh[0]), float(s[0])
+    else:
+        direction, projection = delta / delta.norm(), float(delta.norm())
+    task = PlantedTask(lm.model, scale=projection / 2.9)
+    task.direction = direction
+    factors = low_rank_factors(pert, update, max_rank=16, energy_fraction=1.0)
+    probe = task.splits()["val"]
+    return choose_rank(pert, update, factors, lambda model: task(model, probe), [4, 8, 16]), \
+        factors, lm
+
+
+def test_export_rank_is_chosen_by_reward_not_by_energy():
+    choice, factors, lm = _rank_choice_setup("rank-1")
+    # rank 4 keeps a small share of the energy, but all of what the reward depends on
+    assert choice.rank == 4, choice.reason
+    assert choice.candidates[0]["energy_captured"][0] < 0.5
+    assert choice.candidates[0]["probe_reward"] == pytest.approx(choice.exact_probe_reward)
+
+
+def test_export_falls_back_to_the_exact_update_when_no_rank_keeps_the_reward():
+    choice, factors, lm = _rank_choice_setup("full-rank")
+    assert choice.rank is None and "exact update" in choice.reason
+    assert [c["rank"] for c in choice.candidates] == [4, 8, 16]
+    assert all(not c["within_tolerance"] for c in choice.candidates)
+    assert all(c["probe_reward"] < choice.exact_probe_reward for c in choice.candidates)

@@ -49,41 +49,57 @@ def cmd_consolidate(s: Session) -> dict:
     # the base model retires the previous run's adapter and checkpoints (corp.outputs)
     with Commit(s.out, CONSOLIDATION_ARTIFACTS, "consolidate", s.run_id) as commit:
         if result.update is not None:
-            out.update(export_update(s, result.update, commit))
+            out.update(export_update(s, result.update, commit, config.gate_z))
         else:
             commit.why_retired = f"the gate kept the base model ({result.reason})"
         commit.write_json("consolidation.json", out)
     return out
 
 
-def export_update(s: Session, update, commit: Commit) -> dict:
-    """Stage the accepted update as a LoRA adapter and merged checkpoints in `commit`, and measure
-    what the low-rank truncation costs on the test split."""
-    from ..method.export import apply_factors_, low_rank_factors, write_adapter
+def candidate_ranks(max_rank: int) -> list[int]:
+    """The ranks the export tries, smallest first: 4, 8, 16, ... below max_rank, and max_rank."""
+    return sorted({r for r in (4, 8, 16, 32, 64, 128, 256) if r < max_rank} | {max_rank})
+
+
+def export_update(s: Session, update, commit: Commit, gate_z: float = 1.0) -> dict:
+    """Stage the accepted update in `commit`: the LoRA adapter and merged checkpoint at the
+    smallest rank that scores within the gate's tolerance of the exact update on the probe split
+    (CoRP's probe: the first half of the validation split), or the exact merged checkpoint when no
+    rank does; and measure exact and low-rank on the test split."""
+    from ..method.export import apply_factors_, choose_rank, low_rank_factors, write_adapter
     from ..models import save_model
     out = {}
     factors = low_rank_factors(s.perturber, update, s.cfg["max_rank"],
                                s.cfg["energy_fraction"])
-    out["layers"] = [{"name": f.name, "rank": int(f.lora_a.shape[0]),
-                      "energy_captured": f.energy_captured} for f in factors]
-    write_adapter(commit.folder("adapter"), factors, s.loaded.source)
-    kill_point("export:adapter")
+    probe = s.splits["val"][:len(s.splits["val"]) // 2]
+    choice = choose_rank(s.perturber, update, factors, lambda model: s.evaluator(model, probe),
+                         candidate_ranks(s.cfg["max_rank"]), gate_z)
+    out["rank_choice"] = choice.to_json()
+    log.info("export: %s", choice.reason)
+    if choice.rank is not None:
+        factors = [f.truncated(choice.rank) for f in factors]
+        write_adapter(commit.folder("adapter"), factors, s.loaded.source)
+        kill_point("export:adapter")
+    out["layers"] = [{"name": f.name, "rank": f.rank, "energy_captured": f.energy_captured}
+                     for f in factors] if choice.rank is not None else []
     with s.perturber.inplace(update):
         exact = s.scores("test")
-        if s.cfg["save_exact"]:
+        if s.cfg["save_exact"] or choice.rank is None:
             save_model(s.loaded, commit.folder("merged-exact"))
             kill_point("export:merged-exact")
+    out["test_reward_exact"], out["test_accuracy_exact"] = exact.reward, exact.accuracy
+    if choice.rank is None:
+        return out
     s.perturber._take_backup()
     apply_factors_(s.model, factors)
     low = s.scores("test")
     save_model(s.loaded, commit.folder("merged-lowrank"))
     kill_point("export:merged-lowrank")
     s.perturber.restore_()
-    out["test_reward_exact"], out["test_reward_lowrank"] = exact.reward, low.reward
-    out["test_accuracy_exact"], out["test_accuracy_lowrank"] = exact.accuracy, low.accuracy
+    out["test_reward_lowrank"], out["test_accuracy_lowrank"] = low.reward, low.accuracy
     out["truncation_cost_reward"] = exact.reward - low.reward
-    log.info("low-rank adapter: ranks %s; test reward exact %.4f vs low-rank %.4f",
-             [layer["rank"] for layer in out["layers"]], exact.reward, low.reward)
+    log.info("low-rank adapter: rank %d; test reward exact %.4f vs low-rank %.4f", choice.rank,
+             exact.reward, low.reward)
     return out
 
 
@@ -150,11 +166,15 @@ def cmd_run(s: Session) -> dict:
     rows = [base, *ens["rows"]]
     if cons["update"] is not None:
         from ..models import load_model
-        merged = load_model(s.path("merged-lowrank"))
-        rows.append(result_row("CoRP (low-rank adapter merged)",
-                               s.evaluator(merged.model, s.splits["test"]), 1, None))
+        rank = cons["rank_choice"]["rank"]
+        if rank is not None:
+            merged = load_model(s.path("merged-lowrank"))
+            rows.append(result_row(f"CoRP (low-rank adapter merged, rank {rank} chosen on the "
+                                   "probe)", s.evaluator(merged.model, s.splits["test"]), 1, None))
         with s.perturber.inplace(cons_member(cons)):
-            rows.append(result_row("CoRP (exact update)", s.scores("test"), 1, None))
+            rows.append(result_row("CoRP (exact update)" + ("" if rank is not None else
+                                   ": no rank within tolerance, exported merged"),
+                                   s.scores("test"), 1, None))
     else:
         rows.append({**base, "method": "CoRP (no update passed the gate: base model)"})
     candidate = cons_member(cons, "candidate")

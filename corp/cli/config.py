@@ -47,7 +47,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
     a("--device", help="cpu (default), cuda or cuda:N; refused where CUDA is not available")
     a("--dtype", choices=["float32", "bfloat16", "float16"])
     a("--max-rank", type=int, help="largest LoRA rank per layer (default 32)")
-    a("--energy-fraction", type=float, help="rank = smallest capturing this energy (default .9)")
+    a("--energy-fraction", type=float, help="cap each layer's rank at the smallest capturing "
+      "this energy (default .9); the exported rank is then chosen by probe reward")
     a("--save-exact", action="store_true", default=None,
       help="also write the untruncated merged checkpoint")
     a("--stage2-rounds", type=int, help="CoRP Stage-2 rounds (default 3; 0 disables)")
