@@ -56,17 +56,13 @@ def cmd_consolidate(s: Session) -> dict:
     return out
 
 
-def candidate_ranks(max_rank: int) -> list[int]:
-    """The ranks the export tries, smallest first: 4, 8, 16, ... below max_rank, and max_rank."""
-    return sorted({r for r in (4, 8, 16, 32, 64, 128, 256) if r < max_rank} | {max_rank})
-
-
 def export_update(s: Session, update, commit: Commit, gate_z: float = 1.0) -> dict:
     """Stage the accepted update in `commit`: the LoRA adapter and merged checkpoint at the
     smallest rank that scores within the gate's tolerance of the exact update on the probe split
     (CoRP's probe: the first half of the validation split), or the exact merged checkpoint when no
     rank does; and measure exact and low-rank on the test split."""
-    from ..method.export import apply_factors_, choose_rank, low_rank_factors, write_adapter
+    from ..method.export import (apply_factors_, candidate_ranks, choose_rank, low_rank_factors,
+                                 write_adapter)
     from ..models import save_model
     out = {}
     factors = low_rank_factors(s.perturber, update, s.cfg["max_rank"],

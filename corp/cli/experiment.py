@@ -96,6 +96,28 @@ def run_task(s) -> tuple[list[dict], list]:
         note = result.reason
     rows.append(_row(task, label, corp_scores, 1, n_corp, t_corp_search + t_cons, t_corp_test,
                      note))
+    if result.update is not None:
+        # The deployable low-rank form: the rank chosen on the probe, as `corp consolidate` does.
+        from ..method.export import (apply_factors_, candidate_ranks, choose_rank,
+                                     low_rank_factors)
+        factors = low_rank_factors(s.perturber, result.update, cfg["max_rank"],
+                                   cfg["energy_fraction"])
+        probe = s.splits["val"][:len(s.splits["val"]) // 2]
+        choice = choose_rank(s.perturber, result.update, factors,
+                             lambda model: s.evaluator(model, probe),
+                             candidate_ranks(cfg["max_rank"]), corp_cfg.gate_z)
+        if choice.rank is not None:
+            s.perturber._take_backup()
+            try:
+                apply_factors_(s.model, [f.truncated(choice.rank) for f in factors])
+                low_scores, t_low = _timed(s.evaluator, s.model, test)
+            finally:
+                s.perturber.restore_()
+            rows.append(_row(task, f"CoRP (N={n_corp}) low-rank, rank {choice.rank} chosen on "
+                             "the probe", low_scores, 1, n_corp, t_corp_search + t_cons, t_low,
+                             choice.reason))
+        else:
+            rows[-1]["note"] += f"; {choice.reason}"
     if result.candidate is not None and result.candidate != result.update:
         # What the gates were asked about: does their verdict hold on the test split?
         with s.perturber.inplace(result.candidate):

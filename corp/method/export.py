@@ -116,6 +116,11 @@ class RankChoice:
                 "candidates": self.candidates, "reason": self.reason}
 
 
+def candidate_ranks(max_rank: int) -> list[int]:
+    """The ranks an export tries, smallest first: 4, 8, 16, ... below max_rank, and max_rank."""
+    return sorted({r for r in (4, 8, 16, 32, 64, 128, 256) if r < max_rank} | {max_rank})
+
+
 def choose_rank(perturber: Perturber, update: Member, factors: list[LayerFactors], score_probe,
                 ranks, z: float = 1.0) -> RankChoice:
     """The smallest rank r in `ranks` whose truncated factors, merged into the model, score on the
