@@ -122,8 +122,11 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu
 
     A folder a corp command wrote (it has a manifest, or its run folder's record manages it) loads
     only if it is one complete committed run: every file in its manifest, with its hash, and
-    nothing else (corp.outputs.verify_folder; `verify=False` skips this)."""
-    from .outputs import verify_folder, why_missing
+    nothing else (corp.outputs.verify_folder; `verify=False` skips this). A run folder that a
+    command killed while committing left unsettled is recovered first (corp.outputs.settle)."""
+    from .outputs import settle, verify_folder, why_missing
+    if verify:
+        settle(path)  # a killed commit may have moved the committed folder aside
     if not os.path.isdir(path):
         raise ValueError(f"model directory {path!r} does not exist{why_missing(path)} (corp "
                          f"never downloads models)")

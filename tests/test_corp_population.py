@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from corp.method.ensemble import majority_vote, top_k
 from corp.models import build_tiny_model
@@ -317,3 +318,54 @@ def test_the_header_fingerprint_refuses_another_model(tmp_path, caplog):
     assert "no model fingerprint" in caplog.text
     with pytest.raises(ValueError, match=r"model: 'm' in the log, 'n' now"):
         PopulationLog(old, {**header_of(narrow), "model": "n"})
+
+
+def _log_with_members(path, header, n=3):
+    with PopulationLog(str(path), header) as pop_log:
+        for seed in member_seeds(n):
+            pop_log.add(Record(seed, member_sigma(seed, header["sigmas"]), 0.5, 0.5, [0.5],
+                               [True]))
+
+
+def test_another_dtype_or_a_moved_model_folder_only_warns(tmp_path, caplog):
+    from corp.method.population import fingerprint
+    bf16, fp32 = (fingerprint([("w", (4, 4), dtype)]) for dtype in (torch.bfloat16,
+                                                                    torch.float32))
+    header = {"model": "/models/m", "sigmas": [0.01], "train": ["a"], "fingerprint": bf16}
+    path = tmp_path / "pop.jsonl"
+    _log_with_members(path, header)  # a search run in bfloat16
+    # consolidated in float32 (the noise depends on names and shapes only)
+    with caplog.at_level("WARNING", logger="corp"):
+        assert len(read_records(str(path), {**header, "fingerprint": fp32})) == 3
+        PopulationLog(str(path), {**header, "fingerprint": fp32}).close()
+    assert "w bfloat16 in the log, float32 in the model" in caplog.text
+    # the model folder moved (or reached through a link): the fingerprint still matches
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="corp"):
+        assert len(read_records(str(path), {**header, "model": "/elsewhere/m"})) == 3
+    assert "model: '/models/m' in the log, '/elsewhere/m' now" in caplog.text
+    # other shapes are another model, wherever it lies
+    wide = fingerprint([("w", (8, 4), torch.bfloat16)])
+    with pytest.raises(PopulationLogError, match=r"different search \(1 parameters have other "
+                                                 r"shapes"):
+        read_records(str(path), {**header, "model": "/elsewhere/m", "fingerprint": wide})
+    # a name that is not a folder's path still names the model
+    with pytest.raises(PopulationLogError, match="model: '/models/m' in the log, 'tiny' now"):
+        read_records(str(path), {**header, "model": "tiny"})
+
+
+def test_a_complete_last_line_without_its_newline_is_kept(tmp_path):
+    path = tmp_path / "pop.jsonl"
+    pert, task = setup()
+    run(pert, task, path, n=3)
+    # a user deleted a line with an editor that drops the file's final newline
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2] + lines[3:]))
+    header, records, partial = read_log(str(path))
+    assert len(records) == 2 and not partial
+    pert2, task2 = setup()
+    assert len(run(pert2, task2, path, n=3)) == 3
+    assert task2.calls == 1  # the deleted member only; the last line was kept
+    text = path.read_text()
+    assert text.endswith("\n") and len(text.splitlines()) == 4
+    assert len(read_log(str(path))[1]) == 3

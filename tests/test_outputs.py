@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from corp.outputs import (MANIFEST, RECORD, Commit, OutputError, read_json, recover,
+from corp.outputs import (LOCK, MANIFEST, RECORD, Commit, OutputError, read_json, recover,
                           verify_folder)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,16 +87,14 @@ def test_a_kill_at_any_write_point_leaves_one_complete_run(tmp_path, update):
         killed = _commit(out, "b", update, dict(os.environ, CORP_TEST_KILL_AT=point))
         assert killed.returncode == -9, (point, killed.stderr)
         committed = i >= points.index("recorded")
-        got = loaded_runs(out)
-        # Before the record is replaced every artifact that loads is run a's; from then on b's.
+        # Before the record is replaced readers get run a, from then on run b: a reader that
+        # finds a killed commit's leftovers puts the committed run back first (no commit needed).
         want = new if committed else old
-        assert all(got[n] in (want[n], None) for n in NAMES), (point, got)
-        if committed:
-            assert got == new, (point, got)
+        assert loaded_runs(out) == want, point
         # The next commit first puts back what the record names: then all of a, or all of b.
         recover(str(out), NAMES)
         assert loaded_runs(out) == want, point
-        assert not [e for e in os.listdir(out) if e.startswith(".")], point
+        assert not [e for e in os.listdir(out) if e.startswith(".") and e != LOCK], point
         # and a rerun completes normally
         assert _commit(out, "c").returncode == 0
         assert loaded_runs(out) == {"result.json": "c", "adapter": "c", "merged": "c"}
@@ -147,7 +145,103 @@ def test_a_failed_command_commits_nothing(tmp_path):
             c.write_json("result.json", {"tag": "b"})
             raise RuntimeError("evaluation failed")
     assert read_json(str(tmp_path / "result.json"))["tag"] == "a"
-    assert sorted(os.listdir(tmp_path)) == [RECORD, "result.json"]
+    assert sorted(os.listdir(tmp_path)) == [LOCK, RECORD, "result.json"]
+
+
+def _stage(commit, tag):
+    """Stage run `tag`'s artifacts (as _COMMIT does) in `commit`."""
+    for folder in ("adapter", "merged"):
+        path = commit.folder(folder)
+        for i in range(2):
+            with open(os.path.join(path, f"part{i}.bin"), "w") as f:
+                f.write(f"{tag} {folder} {i}")
+    commit.write_json("result.json", {"tag": tag, "update": True})
+
+
+# Holds a commit of run "held" open on the folder argv[1] until its stdin closes.
+_HOLDER = r"""
+import sys
+from corp.outputs import Commit
+c = Commit(sys.argv[1], ("result.json", "adapter", "merged"), "test", run_id="held")
+c.write_json("result.json", {"tag": "held"})
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_second_command_on_the_folder_is_refused_naming_the_holder(tmp_path):
+    out = str(tmp_path)
+    assert _commit(tmp_path, "a").returncode == 0
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, out], cwd=ROOT, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(OutputError, match=rf"is being written by another corp command \(pid "
+                                              rf"{holder.pid} on .*\.corp_outputs\.lock"):
+            Commit(out, NAMES, "test", run_id="b")
+        # the holder's staging is intact: a second command's recovery did not run
+        assert os.path.isfile(os.path.join(out, ".result.json.partial-held"))
+        assert loaded_runs(tmp_path) == dict.fromkeys(NAMES, "a")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _commit(tmp_path, "c").returncode == 0  # the lock died with its holder
+    assert loaded_runs(tmp_path) == dict.fromkeys(NAMES, "c")
+
+
+def test_a_command_started_mid_commit_cannot_undo_it(tmp_path, monkeypatch):
+    import corp.outputs as outputs
+    out = str(tmp_path)
+    assert _commit(tmp_path, "a").returncode == 0
+    first = Commit(out, NAMES, "test", run_id="b")
+    _stage(first, "b")
+    tried = []
+
+    def start_another(point):  # a second command starts between "placed" and "recorded"
+        if point == "placed:merged":
+            try:
+                Commit(out, NAMES, "test", run_id="c")
+                tried.append("started")
+            except OutputError as e:
+                tried.append(str(e))
+    monkeypatch.setattr(outputs, "kill_point", start_another)
+    first.commit()
+    assert len(tried) == 1 and "being written by another corp command" in tried[0]
+    assert loaded_runs(tmp_path) == dict.fromkeys(NAMES, "b")
+    monkeypatch.undo()
+    assert _commit(tmp_path, "d").returncode == 0  # released at the end of the commit
+    assert loaded_runs(tmp_path) == dict.fromkeys(NAMES, "d")
+
+
+@pytest.mark.parametrize("point", ["retired:result.json", "placed:result.json"])
+def test_a_commit_of_other_names_recovers_a_killed_commit(tmp_path, point):
+    assert _commit(tmp_path, "a").returncode == 0
+    killed = _commit(tmp_path, "b", env=dict(os.environ, CORP_TEST_KILL_AT=point))
+    assert killed.returncode == -9, killed.stderr
+    # a command that owns other names (as `consolidate --streaming` does not own
+    # consolidation.json) commits first: it puts back every name the record manages
+    with Commit(str(tmp_path), ("other.json",), "other") as c:
+        c.write_json("other.json", {})
+    left = [e for e in os.listdir(tmp_path) if e.startswith(".") and e != LOCK]
+    assert not left and "committing" not in json.loads((tmp_path / RECORD).read_text())
+    assert loaded_runs(tmp_path) == dict.fromkeys(NAMES, "a")
+
+
+def test_an_artifact_of_an_older_corp_survives_a_killed_commit(tmp_path):
+    # an adapter written before corp recorded its outputs: no manifest, no record; it loads
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "w.bin").write_text("old")
+    assert verify_folder(str(tmp_path / "adapter")) is None
+    for point in ("retired:adapter", "placed:adapter", "placed:merged"):
+        killed = _commit(tmp_path, "b", env=dict(os.environ, CORP_TEST_KILL_AT=point))
+        assert killed.returncode == -9, killed.stderr
+        assert verify_folder(str(tmp_path / "adapter")) is None, point  # put back, and loads
+        assert (tmp_path / "adapter" / "w.bin").read_text() == "old"
+        recover(str(tmp_path), NAMES)  # and the next commit's recovery keeps it
+        assert (tmp_path / "adapter" / "w.bin").read_text() == "old", point
+        assert sorted(os.listdir(tmp_path)) == sorted([LOCK, RECORD, "adapter"]), point
+    assert _commit(tmp_path, "c").returncode == 0  # a commit that completes replaces it
+    assert loaded_runs(tmp_path) == dict.fromkeys(NAMES, "c")
 
 
 # -- the commands: `corp consolidate` and `corp consolidate --streaming` killed on a rerun ---------
@@ -289,7 +383,8 @@ def test_consolidate_passes_every_write_point(consolidated):
 
 # Every point of the commit itself is killed in test_a_kill_at_any_write_point_leaves_one_complete_
 # run; here the command's own (export) points, one in the middle of the swap, and the record.
-@pytest.mark.parametrize("point", ["export:adapter", "placed:adapter", "recorded"])
+@pytest.mark.parametrize("point", ["export:adapter", "placed:adapter", "retired:merged-lowrank",
+                                   "recorded"])
 def test_consolidate_killed_on_a_rerun_leaves_one_complete_run(consolidated, tmp_path, point):
     import shutil
     out, refs, points = consolidated
@@ -301,12 +396,16 @@ def test_consolidate_killed_on_a_rerun_leaves_one_complete_run(consolidated, tmp
     assert before[0] == "a"
     killed = _consolidate(run, UPDATE_B, kill_at=point)
     assert killed.returncode == -9, killed.stderr[-3000:]
+    committed = points.index(point) >= points.index("recorded")
+    # load_model first: it puts back the checkpoint a killed commit had moved aside
+    lowrank = {tag: r["merged-lowrank"] for tag, r in refs.items()}
+    assert _which(_weights(run / "merged-lowrank"), lowrank) == ("b" if committed else "a")
     got = cli_loaded_runs(run, refs)
     loaded = one_run(got)  # never a mix of the two runs
-    committed = points.index(point) >= points.index("recorded")
     assert loaded is not None and (loaded[0] == "b") == committed, got
     if not committed:
         assert loaded == before  # run A's, the very files it committed
+    assert got == dict.fromkeys(names, loaded)  # all of it loads, before any command commits
     # The next command that commits puts the committed run back first: all of one run.
     recover(str(run), names)
     assert cli_loaded_runs(run, refs) == dict.fromkeys(names, loaded)
@@ -343,6 +442,30 @@ def test_eval_refuses_a_checkpoint_with_files_of_another_run(consolidated, tmp_p
                 run / "merged-lowrank" / "model-00001-of-00002.safetensors")
     code, err = _corp_eval(run, tmp_path / "task.py", run / "merged-lowrank")
     assert code == 1 and "model-00001-of-00002.safetensors'] are not in its manifest" in err, err
+
+
+def test_streaming_into_a_consolidated_folder_retires_what_consolidation_json_said_of_its_export(
+        consolidated, tmp_path):
+    import shutil
+    from corp.cli import main
+    out, *_ = consolidated
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    before = read_json(str(run / "consolidation.json"))
+    assert before["rank_choice"]["rank"] is not None and "test_reward_lowrank" in before
+    # the documented use: export consolidate's gated update again, at another rank, in place
+    assert main(["consolidate", "--streaming", "--model", str(run / "base-model"),
+                 "--output-dir", str(run), "--update", str(run / "consolidation.json"),
+                 "--max-rank", "1", "--no-progress", "--log-level", "ERROR"]) == 0
+    streaming = read_json(str(run / "consolidation-streaming.json"))
+    assert verify_folder(str(run / "adapter"))["run_id"] == streaming["run_id"]
+    after = read_json(str(run / "consolidation.json"))  # the same file, its export fields out
+    assert after["update"] == before["update"] and after["run_id"] == before["run_id"]
+    assert after["test_reward_exact"] == before["test_reward_exact"]
+    assert not {"rank_choice", "layers", "test_reward_lowrank", "truncation_cost_reward"} & \
+        set(after)
+    assert after["superseded"]["run_id"] == streaming["run_id"]
+    assert "rank_choice" in json.loads((run / "consolidation.json").read_text())  # untouched
 
 
 def _corp_eval(run, task, checkpoint) -> tuple[int, str]:

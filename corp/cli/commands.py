@@ -56,6 +56,12 @@ def cmd_consolidate(s: Session) -> dict:
     return out
 
 
+# What export_update writes into consolidation.json about the adapter and merged-lowrank/ it
+# exported (the exact update's test scores describe the update, not a file)
+EXPORT_FIELDS = ("rank_choice", "layers", "test_reward_lowrank", "test_accuracy_lowrank",
+                 "truncation_cost_reward")
+
+
 def export_update(s: Session, update, commit: Commit, gate_z: float = 1.0) -> dict:
     """Stage the accepted update in `commit`: the LoRA adapter and merged checkpoint at the
     smallest rank that scores within the gate's tolerance of the exact update on the probe split
@@ -226,6 +232,10 @@ def cmd_consolidate_streaming(cfg: dict) -> dict:
     # rank 0 stages adapter/, merged-*/ and consolidation-streaming.json and commits them as one
     commit = (Commit(cfg["output_dir"], STREAMING_ARTIFACTS, "consolidate --streaming")
               if cfg.get("_rank", 0) == 0 else None)
+    if commit is not None:  # consolidation.json stays; what it says of the export does not
+        commit.supersede("consolidation.json", EXPORT_FIELDS,
+                         "`corp consolidate --streaming` replaced adapter/ and merged-*/: "
+                         "consolidation-streaming.json describes them")
     try:
         out = consolidate_streaming(model_dir, update, names, cfg["output_dir"],
                                     cfg["max_rank"], None, parse_bytes(cfg["max_memory"]), True,

@@ -8,15 +8,19 @@ The log is a small database with one writer:
 
 - a header line records the search (model, task, train prompts, parameters, sigmas, population
   seed) and the model's fingerprint: the (name, shape, dtype) of every perturbed parameter and a
-  short hash of them. A log of another search or another model is refused, naming what differs;
-  a log from before fingerprints is accepted with a warning (its other fields still match);
+  short hash of them. A log of another search or another model is refused, naming what differs.
+  Other dtypes only warn (the noise depends on names and shapes: a search in bfloat16 is
+  consolidated in float32), and so does another model path when both headers have fingerprints
+  (a moved or linked model folder); a log from before fingerprints is accepted with a warning
+  (its other fields, the model path included, still match);
 - the writer holds an exclusive `fcntl.flock` on `<log>.lock` for its lifetime (the file holds its
   pid and host), so a second search on the same folder stops at once instead of interleaving;
   the header is written to a temporary file and renamed into place under that lock;
 - every line is checked when read: a corrupt line, a record of another search, a non-finite
   reward, or one seed logged twice with different results is an error naming the file and line.
   The same record twice (a resumed run) is tolerated. A truncated last line (a kill mid-write) is
-  dropped and that member is evaluated again;
+  dropped and that member is evaluated again; a last line that is a complete, valid line without
+  its newline (a user's editor dropped it) is kept, and the writer appends the newline;
 - rewards are checked where they are produced: a NaN or infinite reward stops the search with
   the member, the example and its prompt named, before anything is logged.
 
@@ -26,14 +30,12 @@ member's sigma is drawn from `sigmas` by its seed, so shards and reruns agree on
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
 import random
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..evaluate import Scores
+from ..outputs import exclusive_lock
 from .perturb import Member, Perturber
 
 log = logging.getLogger("corp")
@@ -142,14 +145,25 @@ def fingerprint_differences(logged: dict, actual: dict, dtypes: bool = True,
     return out
 
 
+def _is_path(model) -> bool:
+    return isinstance(model, str) and os.path.isabs(model)
+
+
 def check_header(path: str, found: dict, expected: dict) -> None:
-    """Refuse a log whose header is not `expected`, naming what differs; accept a log written
-    before fingerprints with a warning (see the module docstring)."""
+    """Refuse a log whose header is not `expected`, naming what differs; warn where only the
+    dtypes, or (with fingerprints on both sides) the model folder's path, differ; accept a log
+    written before fingerprints with a warning (see the module docstring)."""
     found_fp, expected_fp = found.get("fingerprint"), expected.get("fingerprint")
-    diffs = []
+    diffs, notes = [], []
     for key in sorted((set(found) | set(expected)) - {"fingerprint"}):
         a, b = found.get(key, "(absent)"), expected.get(key, "(absent)")
         if a == b:
+            continue
+        if key == "model" and found_fp and expected_fp and _is_path(a) and _is_path(b):
+            # the fingerprint checks the model's parameters; a path moves
+            if os.path.realpath(a) != os.path.realpath(b):
+                notes.append(f"model: {a!r} in the log, {b!r} now (the same parameter names and "
+                             f"shapes: the logged rewards are those of the model at {a!r})")
             continue
         if isinstance(a, list) and isinstance(b, list) and len(a) + len(b) > 8:
             at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -158,12 +172,18 @@ def check_header(path: str, found: dict, expected: dict) -> None:
         else:
             diffs.append(f"{key}: {a!r} in the log, {b!r} now")
     if found_fp is not None and found_fp != expected_fp:
-        diffs += (fingerprint_differences(found_fp, expected_fp) if expected_fp
-                  else ["the log has a model fingerprint, this caller none"])
+        if not expected_fp:
+            diffs.append("the log has a model fingerprint, this caller none")
+        else:
+            diffs += fingerprint_differences(found_fp, expected_fp, dtypes=False)
+            if not diffs:
+                notes += fingerprint_differences(found_fp, expected_fp)
     if diffs:
         raise PopulationLogError(
             f"{path} was written by a different search ({'; '.join(diffs)}); use another "
             f"--output-dir, or delete the log to start this search from scratch")
+    for note in notes:
+        log.warning("%s: %s", path, note)
     if found_fp is None and expected_fp is not None:
         log.warning("%s has no model fingerprint (written before corp recorded one): its "
                     "model, task and parameter names match, but the parameters' shapes and "
@@ -212,42 +232,54 @@ def _record(path: str, lineno: int, obj, header: dict) -> Record:
 
 def read_log_lines(path: str) -> tuple[dict | None, dict[int, tuple[int, Record]], bool]:
     """(header, {seed: (line number, record)}, partial) of a population log, read-only and
-    checked line by line (see the module docstring). The part after the last newline is an
-    unfinished write (partial=True) and is left out; a log with no complete line has header
-    None."""
+    checked line by line (see the module docstring). The part after the last newline is kept if
+    it is a complete, valid line (its newline lost to an editor), else it is an unfinished write
+    (partial=True) and is left out; a log with no complete line has header None."""
     with open(path, "rb") as f:
         lines = f.read().split(b"\n")
-    complete, partial = lines[:-1], bool(lines[-1])
     header, records = None, {}
-    for lineno, raw in enumerate(complete, 1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            what = (f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError)
-                    else "not UTF-8 text")
-            if header is None:
-                raise PopulationLogError(f"{path}:{lineno}: the header line is damaged ({what}); "
-                                         f"delete the log or use another --output-dir")
-            raise _damaged(path, lineno, f"not a JSON line ({what})")
-        if header is None:
-            if not isinstance(obj, dict) or not isinstance(obj.get("header"), dict):
-                raise PopulationLogError(f"{path}:{lineno}: the first line is not a population "
-                                         f"log header; is this a population log?")
-            header = obj["header"]
-            continue
-        rec = _record(path, lineno, obj, header)
-        if rec.seed in records:
-            first, seen = records[rec.seed]
-            if seen != rec:
-                raise PopulationLogError(
-                    f"{path}: member {rec.seed} is logged twice with different results (lines "
-                    f"{first} and {lineno}); one of them comes from another run. Delete the "
-                    f"wrong line (or both, to evaluate the member again)")
-            continue  # the same record again (a resumed run): tolerated
-        records[rec.seed] = (lineno, rec)
+    for lineno, raw in enumerate(lines[:-1], 1):
+        header = _take_line(path, lineno, raw, header, records)
+    partial = False
+    if lines[-1].strip():
+        try:  # a failed check leaves `records` as it was
+            header = _take_line(path, len(lines), lines[-1], header, records)
+        except PopulationLogError:
+            partial = True
     return header, records, partial
+
+
+def _take_line(path: str, lineno: int, raw: bytes, header: dict | None,
+               records: dict[int, tuple[int, Record]]) -> dict | None:
+    """Check line `lineno` of a population log and add its record to `records`; returns the
+    header (this line's, if it is the first)."""
+    if not raw.strip():
+        return header
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        what = (f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError)
+                else "not UTF-8 text")
+        if header is None:
+            raise PopulationLogError(f"{path}:{lineno}: the header line is damaged ({what}); "
+                                     f"delete the log or use another --output-dir")
+        raise _damaged(path, lineno, f"not a JSON line ({what})")
+    if header is None:
+        if not isinstance(obj, dict) or not isinstance(obj.get("header"), dict):
+            raise PopulationLogError(f"{path}:{lineno}: the first line is not a population "
+                                     f"log header; is this a population log?")
+        return obj["header"]
+    rec = _record(path, lineno, obj, header)
+    if rec.seed in records:
+        first, seen = records[rec.seed]
+        if seen != rec:
+            raise PopulationLogError(
+                f"{path}: member {rec.seed} is logged twice with different results (lines "
+                f"{first} and {lineno}); one of them comes from another run. Delete the "
+                f"wrong line (or both, to evaluate the member again)")
+        return header  # the same record again (a resumed run): tolerated
+    records[rec.seed] = (lineno, rec)
+    return header
 
 
 def read_log(path: str) -> tuple[dict | None, list[Record], bool]:
@@ -272,23 +304,12 @@ def read_records(path: str, header: dict) -> dict[int, Record]:
 # -- writing ---------------------------------------------------------------------------------------
 
 def _lock(path: str) -> int:
-    """An exclusive flock on `<path>.lock`, held until its descriptor is closed; the file holds
-    the holder's pid and host for the next one's error message."""
+    """The log's writer lock, `<path>.lock` (corp.outputs.exclusive_lock)."""
     lock_path = path + ".lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise PopulationLogError(
-            f"{path} is being written by another process (pid {holder}, which holds "
-            f"{lock_path}): two searches on one log would evaluate members twice and interleave "
-            f"their lines. Wait for it to finish (or stop it), or give this run another "
-            f"--output-dir") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-    return fd
+    return exclusive_lock(lock_path, lambda holder: PopulationLogError(
+        f"{path} is being written by another process (pid {holder}, which holds {lock_path}): "
+        f"two searches on one log would evaluate members twice and interleave their lines. "
+        f"Wait for it to finish (or stop it), or give this run another --output-dir"))
 
 
 class PopulationLog:
@@ -316,10 +337,13 @@ class PopulationLog:
 
     def _load(self) -> dict | None:
         header, records, partial = read_log(self.path)
-        if partial:
-            log.warning("%s: dropping a truncated last line (interrupted write)", self.path)
-            with open(self.path, "rb+") as f:  # cut it off, so appends stay line-aligned
-                f.truncate(f.read().rfind(b"\n") + 1)
+        with open(self.path, "rb+") as f:  # under the lock: appends stay line-aligned
+            text = f.read()
+            if partial:
+                log.warning("%s: dropping a truncated last line (interrupted write)", self.path)
+                f.truncate(text.rfind(b"\n") + 1)
+            elif text and not text.endswith(b"\n"):  # a complete last line lost its newline
+                f.write(b"\n")
         if header is None:
             return None
         check_header(self.path, header, self.header)
