@@ -317,6 +317,22 @@ def _which(state, refs) -> str:
     return found[0]
 
 
+def _loaded_folders(out, names, refs) -> dict:
+    """For each artifact folder: (which run's contents: a tag of `refs`, its manifest's run id),
+    or None where the check a reader makes refuses it or it is absent."""
+    got = {}
+    for name in names:
+        try:
+            manifest = verify_folder(str(out / name), required=True)
+            state = _adapter(out / name) if name == "adapter" else _weights(out / name)
+        except (OutputError, FileNotFoundError, ValueError):
+            got[name] = None
+            continue
+        got[name] = (_which(state, {tag: r[name] for tag, r in refs.items()}),
+                     manifest["run_id"])
+    return got
+
+
 def cli_loaded_runs(out, refs) -> dict:
     """What each reader gets, as (which update: 'a' or 'b', run id), or None where it is refused
     or absent: consolidation.json through read_json, the adapter through the check `corp eval
@@ -331,16 +347,7 @@ def cli_loaded_runs(out, refs) -> dict:
         got["consolidation.json"] = ("a" if update == UPDATE_A else "b", result["run_id"])
     except (OutputError, FileNotFoundError):
         got["consolidation.json"] = None
-    for name in ("adapter", "merged-lowrank", "merged-exact"):
-        try:
-            manifest = verify_folder(str(out / name), required=True)
-            state = _adapter(out / name) if name == "adapter" else _weights(out / name)
-        except (OutputError, FileNotFoundError, ValueError):
-            got[name] = None
-            continue
-        got[name] = (_which(state, {tag: r[name] for tag, r in refs.items()}),
-                     manifest["run_id"])
-    return got
+    return {**got, **_loaded_folders(out, ("adapter", "merged-lowrank", "merged-exact"), refs)}
 
 
 def one_run(got) -> tuple | None:
@@ -538,16 +545,7 @@ def streamed_runs(out, refs) -> dict:
                                                result["run_id"])
     except (OutputError, FileNotFoundError):
         got["consolidation-streaming.json"] = None
-    for name in ("adapter", "merged-lowrank"):
-        try:
-            manifest = verify_folder(str(out / name), required=True)
-            state = _adapter(out / name) if name == "adapter" else _weights(out / name)
-        except (OutputError, FileNotFoundError, ValueError):
-            got[name] = None
-            continue
-        got[name] = (_which(state, {tag: r[name] for tag, r in refs.items()}),
-                     manifest["run_id"])
-    return got
+    return {**got, **_loaded_folders(out, ("adapter", "merged-lowrank"), refs)}
 
 
 def test_streaming_killed_between_shards_on_a_rerun_leaves_one_complete_run(streamed, tmp_path):

@@ -73,7 +73,8 @@ def export_update(s: Session, update, commit: Commit, gate_z: float = 1.0) -> di
     out = {}
     factors = low_rank_factors(s.perturber, update, s.cfg["max_rank"],
                                s.cfg["energy_fraction"])
-    probe = s.splits["val"][:len(s.splits["val"]) // 2]
+    from ..method.consolidate import probe_split
+    probe = probe_split(s.splits)
     choice = choose_rank(s.perturber, update, factors, lambda model: s.evaluator(model, probe),
                          candidate_ranks(s.cfg["max_rank"]), gate_z)
     out["rank_choice"] = choice.to_json()

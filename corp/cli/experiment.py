@@ -45,12 +45,26 @@ def _timed(fn, *args, **kwargs):
     return out, time.time() - t
 
 
+def _test_scores(s, members, test) -> tuple[list, list[float]]:
+    """Each member's test scores and the seconds each took, in the members' order."""
+    from ..method.population import iter_member_scores
+    scores, seconds = [], []
+    t = time.time()
+    for _, member_scores in iter_member_scores(s.perturber, s.evaluator, test,
+                                               [r.member for r in members], s.cfg["mode"],
+                                               s.cfg["population_batch"]):
+        scores.append(member_scores)
+        seconds.append(time.time() - t)
+        t = time.time()
+    return scores, seconds
+
+
 def run_task(s) -> tuple[list[dict], list]:
     from ..method.analysis import split_half
     from ..method.consolidate import consolidate
     from .config import corp_config
     from ..method.ensemble import top_k, vote_scores
-    from ..method.population import iter_member_scores, member_seeds, search
+    from ..method.population import member_seeds, search
     from .gradient import reward_weighted_finetune
     cfg, task = s.cfg, s.task.name
     n, k = cfg["population"], cfg["top_k"]
@@ -68,15 +82,7 @@ def run_task(s) -> tuple[list[dict], list]:
     base, t_base = _timed(s.evaluator, s.model, test)
     rows = [_row(task, "base model", base, 1, 0, 0.0, t_base)]
 
-    top = top_k(records, k)
-    member_scores, member_seconds = [], []
-    t = time.time()
-    for _, scores in iter_member_scores(s.perturber, s.evaluator, test,
-                                        [r.member for r in top], cfg["mode"],
-                                        cfg["population_batch"]):
-        member_scores.append(scores)
-        member_seconds.append(time.time() - t)
-        t = time.time()
+    member_scores, member_seconds = _test_scores(s, top_k(records, k), test)
     rows.append(_row(task, "RandOpt best member", member_scores[0], 1, n, t_search,
                      member_seconds[0]))
     vote = vote_scores(s.evaluator, member_scores, test)
@@ -98,21 +104,19 @@ def run_task(s) -> tuple[list[dict], list]:
                      note))
     if result.update is not None:
         # The deployable low-rank form: the rank chosen on the probe, as `corp consolidate` does.
-        from ..method.export import (apply_factors_, candidate_ranks, choose_rank,
-                                     low_rank_factors)
+        from ..method.consolidate import probe_split
+        from ..method.export import (candidate_ranks, choose_rank, low_rank_factors,
+                                     score_with_factors)
         factors = low_rank_factors(s.perturber, result.update, cfg["max_rank"],
                                    cfg["energy_fraction"])
-        probe = s.splits["val"][:len(s.splits["val"]) // 2]
+        probe = probe_split(s.splits)
         choice = choose_rank(s.perturber, result.update, factors,
                              lambda model: s.evaluator(model, probe),
                              candidate_ranks(cfg["max_rank"]), corp_cfg.gate_z)
         if choice.rank is not None:
-            s.perturber._take_backup()
-            try:
-                apply_factors_(s.model, [f.truncated(choice.rank) for f in factors])
-                low_scores, t_low = _timed(s.evaluator, s.model, test)
-            finally:
-                s.perturber.restore_()
+            low_scores, t_low = _timed(score_with_factors, s.perturber,
+                                       [f.truncated(choice.rank) for f in factors],
+                                       lambda model: s.evaluator(model, test))
             rows.append(_row(task, f"CoRP (N={n_corp}) low-rank, rank {choice.rank} chosen on "
                              "the probe", low_scores, 1, n_corp, t_corp_search + t_cons, t_low,
                              choice.reason))
@@ -126,14 +130,7 @@ def run_task(s) -> tuple[list[dict], list]:
                          1, n_corp, t_corp_search + t_cons, t_cand))
     # RandOpt on CoRP's budget: best member and vote from the same N_corp members CoRP used.
     k_corp = min(k, n_corp)
-    small_scores, small_seconds = [], []
-    t = time.time()
-    for _, scores in iter_member_scores(s.perturber, s.evaluator, test,
-                                        [r.member for r in top_k(corp_records, k_corp)],
-                                        cfg["mode"], cfg["population_batch"]):
-        small_scores.append(scores)
-        small_seconds.append(time.time() - t)
-        t = time.time()
+    small_scores, small_seconds = _test_scores(s, top_k(corp_records, k_corp), test)
     rows.append(_row(task, f"RandOpt best member (N={n_corp}, CoRP's budget)", small_scores[0], 1,
                      n_corp, t_corp_search, small_seconds[0]))
     rows.append(_row(task, f"RandOpt top-{k_corp} vote (N={n_corp}, CoRP's budget)",

@@ -319,6 +319,13 @@ def add_members(a: Member | None, b: Member) -> Member:
 # --- the two stages -------------------------------------------------------------------------------
 
 
+def probe_split(splits: dict) -> list:
+    """CoRP's probe: the first half of the validation split (Stage-1 selection, Stage-2 line
+    search, and the export's choice of rank)."""
+    val = list(splits["val"])
+    return val[:len(val) // 2]
+
+
 class Consolidator:
     def __init__(self, perturber: Perturber, evaluator, splits: dict, config: CorpConfig,
                  progress: bool = True):
@@ -331,7 +338,7 @@ class Consolidator:
         self.selection = [train[i] for i in sorted(order[:half])]
         self.gate_half = [train[i] for i in sorted(order[half:])]
         val = list(splits["val"])
-        self.probe = val[:len(val) // 2]  # Stage-1 selection and Stage-2 line search
+        self.probe = probe_split(splits)  # Stage-1 selection and Stage-2 line search
         self.gate = val[len(val) // 2:]  # Stage-1 gate
         if min(len(self.probe), len(self.gate), len(self.selection), len(self.gate_half)) < 2:
             raise ValueError("CoRP needs at least 4 train and 4 validation examples (train is "
