@@ -43,6 +43,49 @@ def left_pad(encoded: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
+@torch.no_grad()
+def greedy_decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
+                  eos_id: int, pad_id: int, finished=None) -> torch.Tensor:
+    """Greedy continuation of left-padded rows: (rows, max_new_tokens) new token ids on the CPU,
+    EOS then `pad_id` after a row ends (what `model.generate(do_sample=False)` returns).
+
+    Unlike `generate`, a row leaves the batch (its KV cache rows are dropped) as soon as it emits
+    EOS or `finished(tokens so far)` is true, so the remaining rows run on a smaller batch: on a
+    compute-bound CPU the cost is the tokens actually generated, not rows x max_new_tokens.
+    Positions are counted from each row's first real token, as `generate` counts them."""
+    from transformers import DynamicCache
+    rows = ids.shape[0]
+    out = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long)
+    if rows == 0 or max_new_tokens == 0:
+        return out
+    live = torch.arange(rows)  # original row of each batch row
+    position = (mask.long().cumsum(-1) - 1).clamp_(min=0)
+    cache = DynamicCache()
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position,
+                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    position = position[:, -1:]
+    for step in range(max_new_tokens):
+        token = logits.argmax(-1)
+        token_cpu = token.cpu()
+        out[live, step] = token_cpu
+        done = token_cpu == eos_id
+        if finished is not None:
+            for i in (~done).nonzero().flatten().tolist():
+                done[i] = bool(finished(out[live[i], :step + 1].tolist()))
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = (~done).nonzero().flatten()
+            cache.batch_select_indices(keep.to(ids.device))
+            live, token = live[keep], token[keep.to(token.device)]
+            mask, position = mask[keep.to(mask.device)], position[keep.to(position.device)]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        position = position + 1
+        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=position,
+                       past_key_values=cache, use_cache=True).logits[:, -1]
+    return out
+
+
 class TextEvaluator:
     """Greedy generation + the task's parser and reward. `forward_calls` is the number of forward
     passes one evaluation makes per batch (prefill + decode steps), used to pick a perturbation
@@ -60,20 +103,33 @@ class TextEvaluator:
     @torch.no_grad()
     def generate(self, model, prompts: list[str], copies: int = 1) -> list[list[str]]:
         """Completions of every prompt, for each of `copies` stacked copies of the batch (the
-        population mode runs member p on copy p)."""
+        population mode runs member p on copy p).
+
+        One copy runs `greedy_decode`, which retires a row from the batch as soon as it is
+        finished (EOS, or the task's `answer_complete`); stacked copies keep every row in place
+        (the population mode maps rows to members by position) and run `model.generate`."""
         encoded = [self.codec.encode_prompt(p) for p in prompts]
         device = next(model.parameters()).device
+        complete = getattr(self.task, "answer_complete", None)
         out: list[list[str]] = [[] for _ in range(copies)]
         for start in range(0, len(encoded), self.batch_size):
             chunk = encoded[start:start + self.batch_size]
             ids, mask = left_pad(chunk, self.codec.pad_id)
             width = ids.shape[1]
             ids, mask = ids.repeat(copies, 1).to(device), mask.repeat(copies, 1).to(device)
-            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
-                                 max_new_tokens=self.max_new_tokens, pad_token_id=self.codec.pad_id,
-                                 eos_token_id=self.codec.eos_id, top_p=None, top_k=None,
-                                 temperature=None)
-            new = gen[:, width:].cpu()
+            if copies == 1:
+                finished = None
+                if complete is not None:
+                    finished = lambda tokens: complete(self.codec.decode(tokens))  # noqa: E731
+                new = greedy_decode(model, ids, mask, self.max_new_tokens, self.codec.eos_id,
+                                    self.codec.pad_id, finished)
+            else:
+                gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                     max_new_tokens=self.max_new_tokens,
+                                     pad_token_id=self.codec.pad_id,
+                                     eos_token_id=self.codec.eos_id, top_p=None, top_k=None,
+                                     temperature=None)
+                new = gen[:, width:].cpu()
             for row in range(new.shape[0]):
                 out[row // len(chunk)].append(self.codec.decode(new[row].tolist()))
         return out
