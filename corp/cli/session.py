@@ -21,13 +21,27 @@ class Session:
         from .values import UsageError
         self.cfg, self.out = cfg, cfg["output_dir"]
         self.run_id = new_run_id()  # names this command's committed outputs (corp.outputs)
-        os.makedirs(self.out, exist_ok=True)
         try:
-            self.task = load_task(cfg["task"])
+            sizes = cfg.get("splits")
+            if isinstance(sizes, dict):  # per task, in `corp experiment`
+                sizes = sizes.get(cfg["task"])
+            if sizes is not None and str(cfg["task"]).endswith(".py"):
+                raise UsageError(f"--splits applies to built-in tasks; {cfg['task']} sets its "
+                                 f"own splits in its TASK object")
+            self.task = load_task(cfg["task"], **(dict(zip(("n_train", "n_val", "n_test"),
+                                                           sizes)) if sizes else {}))
+        except UsageError:
+            raise
         except Exception as e:  # a user's task file may raise anything; say which file and what
             raise UsageError(f"task {cfg['task']!r} could not be loaded: "
                              f"{type(e).__name__}: {e}") from None
-        self.splits = self.task.splits()
+        try:
+            self.splits = self.task.splits()
+        except ValueError as e:
+            if not cfg.get("splits"):
+                raise
+            raise UsageError(f"--splits {cfg['splits']}: {e}") from None
+        os.makedirs(self.out, exist_ok=True)  # after every check of the options
         if cfg["model"] == DEFAULT_MODEL:
             self.loaded = builtin_model(os.path.join(self.out, "base-model"), self.task,
                                         steps=cfg["builtin_steps"])
@@ -53,6 +67,18 @@ class Session:
                        "parameters": [n for n, _ in self.perturber.params],
                        "sigmas": list(cfg["sigmas"]), "population_seed": cfg["population_seed"],
                        "fingerprint": model_fingerprint(self.perturber.params)}
+
+    REBUILD_KEYS = ("model", "task", "splits", "dtype", "include_embeddings", "include_norms",
+                    "include_lm_head", "sigmas", "builtin_steps", "batch_size")
+
+    def rebuild_section(self) -> dict:
+        """What `corp rebuild` needs besides an update's seeds and coefficients: the options that
+        fix the model, the task and its splits, the perturbed parameters by name, and their
+        fingerprint (checked before the update is added)."""
+        from ..method.population import model_fingerprint
+        return {"config": {k: self.cfg.get(k) for k in self.REBUILD_KEYS},
+                "parameters": [n for n, _ in self.perturber.params],
+                "fingerprint": model_fingerprint(self.perturber.params)}
 
     def path(self, name: str) -> str:
         return os.path.join(self.out, name)

@@ -36,7 +36,7 @@ INT_MIN = {"population": 1, "population_seed": 0, "top_k": 1, "batch_size": 1,
            "population_batch": 1, "max_rank": 1, "stage2_rounds": 0, "stage2_members": 1,
            "seed": 0, "builtin_steps": 0, "analysis_rank": 1, "analysis_permutations": 1,
            "gradient_steps": 0, "gradient_samples": 1, "corp_population": 1}
-OPTIONAL = {"corp_population", "sigmas", "parameters", "tasks", "analysis_layers", "corp_config",
+OPTIONAL = {"procedures", "corp_configs", "corp_population", "sigmas", "parameters", "tasks", "analysis_layers", "corp_config",
             "adapter", "checkpoint", "update", "max_memory"}
 BOOLS = ("include_embeddings", "include_norms", "include_lm_head", "save_exact", "progress",
          "streaming")
@@ -117,8 +117,28 @@ def check_config(cfg: dict, origin: dict[str, str], command: str) -> None:
     if cfg.get("corp_population") and cfg["corp_population"] > cfg["population"]:
         raise UsageError(f"{name('corp_population')} {cfg['corp_population']} exceeds "
                          f"{name('population')} {cfg['population']}")
+    splits = cfg.get("splits")
+
+    def sizes_ok(v):
+        return isinstance(v, list) and len(v) == 3 and all(_is_int(n) and n >= 1 for n in v)
+    if splits is not None and not (sizes_ok(splits) or (
+            isinstance(splits, dict) and splits and all(sizes_ok(v) for v in splits.values()))):
+        bad("splits", "three integers >= 1 (train, val, test prompts), or a mapping from task "
+            "names to such lists")
     _check_stage1(cfg["stage1"], name("stage1"))
     _check_corp_config(cfg["corp_config"], name("corp_config"))
+    procedures = cfg.get("procedures")
+    if procedures is not None and (not isinstance(procedures, list) or not procedures or any(
+            p not in CHOICES["procedure"] for p in procedures) or len(set(procedures)) <
+            len(procedures)):
+        bad("procedures", f"a list of distinct procedures from {', '.join(CHOICES['procedure'])}")
+    per_procedure = cfg.get("corp_configs")
+    if per_procedure is not None:
+        if not isinstance(per_procedure, dict) or set(per_procedure) - set(CHOICES["procedure"]):
+            bad("corp_configs", f"a mapping from procedures ({', '.join(CHOICES['procedure'])}) "
+                "to CoRP settings")
+        for procedure, value in per_procedure.items():
+            _check_corp_config(value, f"{name('corp_configs')}: {procedure}")
     if cfg["max_memory"] is not None:
         from ..scale.streaming import parse_bytes
         try:
