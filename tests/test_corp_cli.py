@@ -72,21 +72,86 @@ def test_consolidate_runs_the_released_procedure_on_request(tmp_path):
     assert "released procedure" in result["reason"]
 
 
-def test_corp_experiment_reports_equal_budget_rows_and_gate_power(tmp_path):
+def test_corp_experiment_reports_equal_budget_rows_and_gate_power(tmp_path, caplog):
     results = tmp_path / "results"
     config = tmp_path / "exp.yaml"
-    config.write_text("gradient_steps: 1\ngradient_samples: 1\n")
+    config.write_text("gradient_steps: 1\ngradient_samples: 1\nprocedures: [gated, released]\n"
+                      "corp_configs: {released: {quantiles: [0.5], betas: [1.0], "
+                      "alphas: [0.5, 1.0]}}\n")
     args = ["experiment", "--output-dir", str(tmp_path / "exp"), "--results-dir", str(results),
             "--experiment-name", "tiny", "--corp-population", "6", "--config", str(config),
             *SMALL]
     assert main(args) == 0
     md = (results / "tiny.md").read_text()
-    for row in ("| base model |", "RandOpt best member |", "RandOpt top-3 vote |",
-                "CoRP (N=6", "RandOpt best member (N=6, CoRP's budget)",
-                "RandOpt top-3 vote (N=6, CoRP's budget)"):
+    for row in ("| base model |", "RandOpt best member (N=12) |", "RandOpt top-3 vote (N=12) |",
+                "CoRP gated (N=6", "CoRP released (N=6) |",
+                "RandOpt best member (N=6, CoRP's budget)",
+                "RandOpt top-3 vote (N=6, CoRP's budget)", "corp rebuild --update"):
         assert row in md, row
     assert "detectable" in md and "- stage1:" in md  # every gate beside its power
+    assert "add, gated:" in md and "add, released:" in md
     rows = json.loads((results / "tiny.json").read_text())["rows"]
-    decisions = json.loads((tmp_path / "exp" / "add" / "consolidation.json").read_text())
-    if decisions["update"] != decisions["candidate"]:  # a gate refused the candidate: show it
-        assert any(r["method"].startswith("CoRP best Stage-1 candidate") for r in rows)
+    for procedure in ("gated", "released"):
+        record = json.loads((results / "tiny" / f"add-{procedure}.json").read_text())
+        assert record["procedure"] == procedure and record["rebuild"]["parameters"]
+        assert record["corp_config"]["procedure"] == procedure
+        if record["update"] != record["candidate"]:  # a gate refused the candidate: show it
+            assert any(r["method"].startswith(f"CoRP {procedure}: best Stage-1 candidate")
+                       for r in rows)
+    released = json.loads((results / "tiny" / "add-released.json").read_text())
+    assert released["corp_config"]["betas"] == [1.0]  # corp_configs reach their procedure only
+    assert json.loads((results / "tiny" / "add-gated.json").read_text()
+                      )["corp_config"]["betas"] != [1.0]
+
+    # A rerun reuses every finished step and reports the same rows.
+    caplog.clear()
+    with caplog.at_level("INFO", logger="corp"):
+        assert main(args) == 0
+    reused = [r.getMessage() for r in caplog.records if "done before" in r.getMessage()]
+    assert any("corp-released " in m for m in reused) and any("randopt-test" in m for m in reused)
+    again = json.loads((results / "tiny.json").read_text())["rows"]
+    assert [(r["method"], r["reward"]) for r in again] == [(r["method"], r["reward"])
+                                                           for r in rows]
+
+    # The released procedure commits Stage 1 ungated, so its record has an update: rebuilding it
+    # from seeds and coefficients scores what the table says the exact update scored.
+    rebuilt = tmp_path / "rebuilt"
+    assert main(["rebuild", "--update", str(results / "tiny" / "add-released.json"),
+                 "--output-dir", str(rebuilt), "--no-progress", "--log-level", "WARNING"]) == 0
+    out = json.loads((rebuilt / "rebuild.json").read_text())
+    table_row = next(r for r in rows if r["method"] == "CoRP released (N=6)")
+    assert out["test_reward"] == table_row["reward"]
+    assert out["recorded"]["reward"] == table_row["reward"]
+
+
+def test_rebuild_reproduces_the_exported_checkpoint(tmp_path):
+    """`corp rebuild` from consolidation.json gives the merged checkpoint `corp consolidate`
+    exported, logit for logit; a record whose parameters another model lacks is refused."""
+    import torch
+    from corp.models import load_model
+    out = tmp_path / "run"
+    assert main(["search", "--output-dir", str(out), *SMALL]) == 0
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("corp_config: {quantiles: [0.5], betas: [1.0], alphas: [1.0]}\n")
+    assert main(["consolidate", "--output-dir", str(out), "--config", str(grid), "--procedure",
+                 "released", "--save-exact", *SMALL]) == 0
+    rebuilt = tmp_path / "rebuilt"
+    assert main(["rebuild", "--update", str(out / "consolidation.json"), "--output-dir",
+                 str(rebuilt), "--no-progress", "--log-level", "WARNING"]) == 0
+    exported = load_model(str(out / "merged-exact"))
+    again = load_model(str(rebuilt / "merged-exact"))
+    base = load_model(str(out / "base-model"), verify=False)
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        want, got = exported.model(ids).logits, again.model(ids).logits
+        assert not torch.equal(want, base.model(ids).logits)  # the update changed the model
+    assert torch.equal(got, want)
+    record = json.loads((out / "consolidation.json").read_text())
+    assert json.loads((rebuilt / "rebuild.json").read_text())["test_reward"] == \
+        record["test_reward_exact"]
+    record["rebuild"]["fingerprint"] = "0" * 16
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match="fingerprint"):
+        main(["rebuild", "--update", str(forged), "--output-dir", str(tmp_path / "r2"),
+              "--no-progress", "--log-level", "WARNING"])

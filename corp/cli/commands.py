@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -43,7 +44,8 @@ def cmd_consolidate(s: Session) -> dict:
     config = corp_config(s.cfg)
     result = consolidate(s.perturber, s.evaluator, s.splits, records, config)
     out = {"run_id": s.run_id, "reason": result.reason, "seconds": time.time() - t,
-           "corp_config": dataclasses.asdict(config), **result.to_json()}
+           "corp_config": dataclasses.asdict(config), **result.to_json(),
+           "rebuild": s.rebuild_section()}
     log.info("consolidate: %s", result.reason)
     # consolidation.json, adapter/ and merged-*/ are replaced together; a run whose gate keeps
     # the base model retires the previous run's adapter and checkpoints (corp.outputs)
@@ -255,6 +257,57 @@ def cmd_consolidate_streaming(cfg: dict) -> dict:
     return out
 
 
+def cmd_rebuild(cfg: dict) -> dict:
+    """Rebuild a consolidated model from its record (`corp experiment` writes one per task and
+    procedure; `corp consolidate` writes consolidation.json): load the model the record names,
+    check that its perturbed parameters have the recorded fingerprint, add the update exactly
+    (seeds and coefficients through the noise contract), write merged-exact/ into --output-dir
+    and score it on the task's test split next to the score the record reports."""
+    from ..method.consolidate import member_from_json
+    from ..method.population import model_fingerprint
+    from ..models import save_model
+    from .values import UsageError
+    path = cfg["update"]
+    if not path:
+        raise UsageError("corp rebuild needs --update: a consolidation record (JSON)")
+    with open(path) as f:
+        record = json.load(f)
+    how = record.get("rebuild")
+    if not isinstance(how, dict) or "config" not in how:
+        raise UsageError(f"--update {path} has no 'rebuild' section (written by corp >= 0.9's "
+                         f"`corp experiment` and `corp consolidate`); it cannot be rebuilt")
+    update = member_from_json(record.get("update"))
+    if update is None:
+        raise SystemExit(f"corp: {path} has no update (its gate kept the base model): the "
+                         f"consolidated model is the base model")
+    session_cfg = {**cfg, **{k: v for k, v in how["config"].items() if v is not None},
+                   "parameters": how["parameters"], "population": 1, "top_k": 1}
+    s = Session(session_cfg)
+    found = model_fingerprint(s.perturber.params)
+    if found != how["fingerprint"]:
+        raise SystemExit(f"corp: the model {session_cfg['model']} does not have the parameters "
+                         f"{path} was consolidated on (fingerprint {found}, recorded "
+                         f"{how['fingerprint']})")
+    t = time.time()
+    s.perturber.add_(update)
+    s.perturber.rebase()
+    test = s.scores("test")
+    out = {"update": os.path.abspath(path), "procedure": record.get("procedure"),
+           "test_reward": test.reward, "test_accuracy": test.accuracy,
+           "recorded": (record.get("test_rows") or [None])[0], "seconds": time.time() - t}
+    if out["recorded"] is None and "test_reward_exact" in record:  # corp consolidate's record
+        out["recorded"] = {"method": "exact update", "reward": record["test_reward_exact"],
+                           "accuracy": record["test_accuracy_exact"]}
+    with Commit(s.out, ("merged-exact", "rebuild.json"), "rebuild", s.run_id) as commit:
+        save_model(s.loaded, commit.folder("merged-exact"))
+        commit.write_json("rebuild.json", out)
+    recorded = out["recorded"]
+    log.info("rebuilt %s: test reward %.4f, accuracy %.4f%s", path, test.reward, test.accuracy,
+             "" if not recorded else f" (recorded: {recorded['method']}: reward "
+             f"{recorded['reward']:.4f}, accuracy {recorded['accuracy']:.4f})")
+    return out
+
+
 def cmd_experiment(cfg: dict, config_path: str | None) -> dict:
     from .experiment import run_experiment
     cfg = dict(cfg, tasks=cfg["tasks"] or [cfg["task"]])
@@ -271,4 +324,6 @@ HELP = {"search": "evaluate N seeded members on the train split (resumable JSONL
         "analyze": "split-half low-rank analysis (table + figure)",
         "run": "search -> ensemble -> consolidate -> eval, with a results table",
         "experiment": "base / RandOpt / CoRP at N/10 / gradient baseline on several tasks: "
-                      "table + figures in --results-dir"}
+                      "table + figures in --results-dir",
+        "rebuild": "rebuild a consolidated model from its record (--update FILE): merged-exact/ "
+                   "in --output-dir, scored on the test split"}

@@ -59,118 +59,237 @@ def _test_scores(s, members, test) -> tuple[list, list[float]]:
     return scores, seconds
 
 
-def run_task(s) -> tuple[list[dict], list]:
-    from ..method.analysis import split_half
-    from ..method.consolidate import consolidate
+# Options that do not change any number of the experiment (where results go, how it logs).
+_NOT_RESULTS = ("progress", "log_level", "results_dir", "experiment_name", "output_dir", "tasks",
+                "task")
+
+
+class Steps:
+    """The experiment's finished steps, one JSON file each in `<task folder>/experiment-steps/`,
+    written atomically, so that a rerun after an interruption skips what is done (the search
+    resumes from its own log). A step file records the fingerprint of the options that decide
+    its numbers; another configuration recomputes it."""
+
+    def __init__(self, folder: str, cfg: dict):
+        import hashlib
+        self.folder = folder
+        os.makedirs(folder, exist_ok=True)
+        relevant = {k: v for k, v in cfg.items() if k not in _NOT_RESULTS and
+                    not k.startswith("_")}
+        self.fingerprint = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str)
+                                          .encode()).hexdigest()[:16]
+
+    def get(self, name: str, compute):
+        """The stored value of step `name`, or compute(), stored (a JSON-able value)."""
+        from ..outputs import write_json_atomic
+        path = os.path.join(self.folder, f"{name}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                stored = json.load(f)
+            if stored.get("fingerprint") == self.fingerprint:
+                log.info("experiment: step %s done before (%s), reused", name, path)
+                return stored["value"]
+            log.info("experiment: step %s was done with other options; recomputing", name)
+        value = compute()
+        write_json_atomic(path, {"fingerprint": self.fingerprint, "value": value})
+        return value
+
+
+def _scores_json(scores) -> dict:
+    return {"rewards": scores.rewards.tolist(), "correct": scores.correct.tolist(),
+            "answers": list(scores.answers)}
+
+
+def _scores_from(obj):
+    from ..evaluate import Scores
+    return Scores(np.array(obj["rewards"], dtype=float), np.array(obj["correct"], dtype=bool),
+                  list(obj["answers"]))
+
+
+def _timed_scores(fn) -> dict:
+    scores, seconds = _timed(fn)
+    return {"scores": _scores_json(scores), "seconds": seconds}
+
+
+def _members_test(s, members, test) -> dict:
+    scores, seconds = _test_scores(s, members, test)
+    return {"scores": [_scores_json(x) for x in scores], "seconds": seconds}
+
+
+def rebuild_record(s, result, procedure: str, corp_cfg) -> dict:
+    """The record `corp rebuild` rebuilds this consolidated model from: the update as seeds and
+    coefficients, and the session's rebuild section (model, task, perturbed parameters)."""
+    import dataclasses
+    return {"procedure": procedure, **result.to_json(),
+            "corp_config": dataclasses.asdict(corp_cfg), "rebuild": s.rebuild_section()}
+
+
+def corp_rows(s, steps: Steps, procedure: str, corp_records, n_corp: int, t_corp_search: float,
+              base, t_base) -> tuple[list[dict], dict]:
+    """CoRP's rows for one procedure: the consolidated model (exact update), its low-rank form
+    at the rank chosen on the probe, and its best Stage-1 candidate when that is not what was
+    committed; and the record that rebuilds it."""
+    from ..method.consolidate import ConsolidationResult, consolidate, probe_split
+    from ..method.export import (candidate_ranks, choose_rank, low_rank_factors,
+                                 score_with_factors)
     from .config import corp_config
+    cfg, task, test = s.cfg, s.task.name, s.splits["test"]
+    corp_cfg = corp_config(cfg, procedure)
+
+    def run():
+        result, seconds = _timed(consolidate, s.perturber, s.evaluator, s.splits, corp_records,
+                                 corp_cfg)
+        return {"result": result.to_json(), "seconds": seconds}
+
+    done = steps.get(f"corp-{procedure}", run)
+    result, t_cons = ConsolidationResult.from_json(done["result"]), done["seconds"]
+    train_s = t_corp_search + t_cons
+    name = f"CoRP {procedure} (N={n_corp})"
+    rows = []
+    if result.update is not None:
+        def exact():
+            with s.perturber.inplace(result.update):
+                return _timed_scores(lambda: s.evaluator(s.model, test))
+        got = steps.get(f"corp-{procedure}-test", exact)
+        rows.append(_row(task, name, _scores_from(got["scores"]), 1, n_corp, train_s,
+                         got["seconds"], result.reason))
+
+        def low_rank():
+            factors = low_rank_factors(s.perturber, result.update, cfg["max_rank"],
+                                       cfg["energy_fraction"])
+            probe = probe_split(s.splits)
+            choice = choose_rank(s.perturber, result.update, factors,
+                                 lambda model: s.evaluator(model, probe),
+                                 candidate_ranks(cfg["max_rank"]), corp_cfg.gate_z)
+            out = {"rank": choice.rank, "reason": choice.reason}
+            if choice.rank is not None:
+                out.update(_timed_scores(lambda: score_with_factors(
+                    s.perturber, [f.truncated(choice.rank) for f in factors],
+                    lambda model: s.evaluator(model, test))))
+            return out
+        low = steps.get(f"corp-{procedure}-lowrank", low_rank)
+        if low["rank"] is not None:
+            rows.append(_row(task, f"{name} low-rank, rank {low['rank']} chosen on the probe",
+                             _scores_from(low["scores"]), 1, n_corp, train_s, low["seconds"],
+                             low["reason"]))
+        else:
+            rows[-1]["note"] += f"; {low['reason']}"
+    else:
+        rows.append(_row(task, f"{name}, gate kept the base", base, 1, n_corp, train_s, t_base,
+                         result.reason))
+    if result.candidate is not None and result.candidate != result.update:
+        # What the gates were asked about: does their verdict hold on the test split?
+        def candidate():
+            with s.perturber.inplace(result.candidate):
+                return _timed_scores(lambda: s.evaluator(s.model, test))
+        got = steps.get(f"corp-{procedure}-candidate", candidate)
+        rows.append(_row(task, f"CoRP {procedure}: best Stage-1 candidate, ungated "
+                         f"(N={n_corp})", _scores_from(got["scores"]), 1, n_corp, train_s,
+                         got["seconds"]))
+    record = rebuild_record(s, result, procedure, corp_cfg)
+    record["test_rows"] = [{k: r[k] for k in ("method", "reward", "reward_ci", "accuracy",
+                                               "accuracy_ci")} for r in rows]
+    return rows, record
+
+
+def run_task(s) -> tuple[list[dict], list, dict]:
+    from ..method.analysis import split_half
     from ..method.ensemble import top_k, vote_scores
     from ..method.population import member_seeds, search
     from .gradient import reward_weighted_finetune
     cfg, task = s.cfg, s.task.name
     n, k = cfg["population"], cfg["top_k"]
     n_corp = cfg["corp_population"] or max(4, n // 10)
+    procedures = cfg.get("procedures") or [cfg["procedure"]]
+    steps = Steps(s.path("experiment-steps"), cfg)
     seeds = member_seeds(n, cfg["population_seed"])
     args = (s.perturber, s.evaluator, s.splits["train"])
     common = dict(sigmas=cfg["sigmas"], log_path=s.path("population.jsonl"), header=s.header,
                   mode=cfg["mode"], population_batch=cfg["population_batch"],
                   progress=cfg["progress"])
-    corp_records, t_corp_search = _timed(search, *args, seeds[:n_corp], **common)
-    records, t_rest = _timed(search, *args, seeds, **common)
-    t_search = t_corp_search + t_rest
+    # Each half of the search is timed where it ran; a resumed search reports its first run's
+    # times (the population log has them as no step file does), so they are kept as steps too.
+    corp_records, t = _timed(search, *args, seeds[:n_corp], **common)
+    t_corp_search = steps.get("search-corp-seconds", lambda: t)
+    records, t = _timed(search, *args, seeds, **common)
+    t_search = t_corp_search + steps.get("search-rest-seconds", lambda: t)
     test = s.splits["test"]
 
-    base, t_base = _timed(s.evaluator, s.model, test)
+    got = steps.get("base-test", lambda: _timed_scores(lambda: s.evaluator(s.model, test)))
+    base, t_base = _scores_from(got["scores"]), got["seconds"]
     rows = [_row(task, "base model", base, 1, 0, 0.0, t_base)]
 
-    member_scores, member_seconds = _test_scores(s, top_k(records, k), test)
-    rows.append(_row(task, "RandOpt best member", member_scores[0], 1, n, t_search,
+    got = steps.get("randopt-test", lambda: _members_test(s, top_k(records, k), test))
+    member_scores, member_seconds = [_scores_from(x) for x in got["scores"]], got["seconds"]
+    rows.append(_row(task, f"RandOpt best member (N={n})", member_scores[0], 1, n, t_search,
                      member_seconds[0]))
     vote = vote_scores(s.evaluator, member_scores, test)
-    rows.append(_row(task, f"RandOpt top-{k} vote", vote, k, n, t_search, sum(member_seconds)))
+    rows.append(_row(task, f"RandOpt top-{k} vote (N={n})", vote, k, n, t_search,
+                     sum(member_seconds)))
 
-    corp_cfg = corp_config(cfg)
-    result, t_cons = _timed(consolidate, s.perturber, s.evaluator, s.splits, corp_records,
-                            corp_cfg)
-    label = f"CoRP (N={n_corp})"
-    if result.update is not None:
-        with s.perturber.inplace(result.update):
-            corp_scores, t_corp_test = _timed(s.evaluator, s.model, test)
-        note = result.reason
-    else:
-        corp_scores, t_corp_test = base, t_base
-        label += ", gate kept the base"
-        note = result.reason
-    rows.append(_row(task, label, corp_scores, 1, n_corp, t_corp_search + t_cons, t_corp_test,
-                     note))
-    if result.update is not None:
-        # The deployable low-rank form: the rank chosen on the probe, as `corp consolidate` does.
-        from ..method.consolidate import probe_split
-        from ..method.export import (candidate_ranks, choose_rank, low_rank_factors,
-                                     score_with_factors)
-        factors = low_rank_factors(s.perturber, result.update, cfg["max_rank"],
-                                   cfg["energy_fraction"])
-        probe = probe_split(s.splits)
-        choice = choose_rank(s.perturber, result.update, factors,
-                             lambda model: s.evaluator(model, probe),
-                             candidate_ranks(cfg["max_rank"]), corp_cfg.gate_z)
-        if choice.rank is not None:
-            low_scores, t_low = _timed(score_with_factors, s.perturber,
-                                       [f.truncated(choice.rank) for f in factors],
-                                       lambda model: s.evaluator(model, test))
-            rows.append(_row(task, f"CoRP (N={n_corp}) low-rank, rank {choice.rank} chosen on "
-                             "the probe", low_scores, 1, n_corp, t_corp_search + t_cons, t_low,
-                             choice.reason))
-        else:
-            rows[-1]["note"] += f"; {choice.reason}"
-    if result.candidate is not None and result.candidate != result.update:
-        # What the gates were asked about: does their verdict hold on the test split?
-        with s.perturber.inplace(result.candidate):
-            cand_scores, t_cand = _timed(s.evaluator, s.model, test)
-        rows.append(_row(task, f"CoRP best Stage-1 candidate, ungated (N={n_corp})", cand_scores,
-                         1, n_corp, t_corp_search + t_cons, t_cand))
+    records_out, decisions = {}, {}
+    for procedure in procedures:
+        corp, record = corp_rows(s, steps, procedure, corp_records, n_corp, t_corp_search, base,
+                                 t_base)
+        rows += corp
+        records_out[procedure] = record
+        from .stats import gate_lines
+        decisions[procedure] = gate_lines(record["decisions"])
     # RandOpt on CoRP's budget: best member and vote from the same N_corp members CoRP used.
     k_corp = min(k, n_corp)
-    small_scores, small_seconds = _test_scores(s, top_k(corp_records, k_corp), test)
-    rows.append(_row(task, f"RandOpt best member (N={n_corp}, CoRP's budget)", small_scores[0], 1,
-                     n_corp, t_corp_search, small_seconds[0]))
-    rows.append(_row(task, f"RandOpt top-{k_corp} vote (N={n_corp}, CoRP's budget)",
-                     vote_scores(s.evaluator, small_scores, test), k_corp, n_corp, t_corp_search,
-                     sum(small_seconds)))
-    # replaces the folder's consolidation.json and retires an adapter or checkpoints that an
-    # earlier `corp consolidate` exported there: they would not be this update's (corp.outputs)
+    if n_corp < n:
+        got = steps.get("randopt-corp-budget-test",
+                        lambda: _members_test(s, top_k(corp_records, k_corp), test))
+        small_scores, small_seconds = [_scores_from(x) for x in got["scores"]], got["seconds"]
+        rows.append(_row(task, f"RandOpt best member (N={n_corp}, CoRP's budget)",
+                         small_scores[0], 1, n_corp, t_corp_search, small_seconds[0]))
+        rows.append(_row(task, f"RandOpt top-{k_corp} vote (N={n_corp}, CoRP's budget)",
+                         vote_scores(s.evaluator, small_scores, test), k_corp, n_corp,
+                         t_corp_search, sum(small_seconds)))
+    # replaces the folder's consolidation.json (the first procedure's) and retires an adapter or
+    # checkpoints that an earlier `corp consolidate` exported there: they would not be this
+    # update's (corp.outputs)
     from ..method.export import CONSOLIDATION_ARTIFACTS
-    from ..outputs import Commit
+    from ..outputs import Commit, write_json_atomic
+    first = records_out[procedures[0]]
     with Commit(s.out, CONSOLIDATION_ARTIFACTS, "experiment", s.run_id) as commit:
         commit.why_retired = "`corp experiment` consolidated without exporting"
-        commit.write_json("consolidation.json", {"reason": result.reason, **result.to_json()})
+        commit.write_json("consolidation.json", first)
+    for procedure, record in records_out.items():
+        write_json_atomic(s.path(f"consolidation-{procedure}.json"), record)
 
-    (tuned, info), t_grad = _timed(reward_weighted_finetune, s.model, s.evaluator,
-                                   s.splits["train"], samples=cfg["gradient_samples"],
-                                   steps=cfg["gradient_steps"], seed=cfg["seed"])
-    grad_scores, t_grad_test = _timed(s.evaluator, tuned, test)
-    del tuned
-    rows.append(_row(task, f"reward-weighted fine-tuning ({cfg['gradient_steps']} steps)",
-                     grad_scores, 1, 0, t_grad, t_grad_test,
-                     f"{info['training_sequences']} sequences, {cfg['gradient_samples']} "
-                     f"samples/prompt"))
+    if cfg["gradient_steps"] > 0:
+        def gradient():
+            (tuned, info), t_grad = _timed(reward_weighted_finetune, s.model, s.evaluator,
+                                           s.splits["train"], samples=cfg["gradient_samples"],
+                                           steps=cfg["gradient_steps"], seed=cfg["seed"])
+            got = _timed_scores(lambda: s.evaluator(tuned, test))
+            return {**got, "train_seconds": t_grad, "sequences": info["training_sequences"]}
+        got = steps.get("gradient", gradient)
+        rows.append(_row(task, f"reward-weighted fine-tuning ({cfg['gradient_steps']} steps)",
+                         _scores_from(got["scores"]), 1, 0, got["train_seconds"],
+                         got["seconds"], f"{got['sequences']} sequences, "
+                         f"{cfg['gradient_samples']} samples/prompt"))
 
-    base_train = s.evaluator(s.model, s.splits["train"])
+    got = steps.get("base-train", lambda: _scores_json(s.evaluator(s.model,
+                                                                    s.splits["train"])))
+    base_train = _scores_from(got)
     analysis = split_half(s.perturber, records, base_train.rewards, rank=cfg["analysis_rank"],
                           permutations=cfg["analysis_permutations"], seed=cfg["seed"],
                           layers=cfg["analysis_layers"], alpha=cfg["analysis_alpha"],
                           correction=cfg["analysis_correction"])
     rewards = np.array([r.reward for r in records])
-    from .stats import gate_lines
     summary = {"task": task, "share_at_or_above_base": float(np.mean(rewards >= base_train.reward)),
-               "corp_decisions": gate_lines(result.to_json()["decisions"]),
-               "base_train_reward": base_train.reward, "best_train_reward": float(rewards.max()),
+               "corp_decisions": decisions, "base_train_reward": base_train.reward,
+               "best_train_reward": float(rewards.max()),
                "n": n, "n_corp": n_corp, "k": k, "search_seconds": t_search,
+               "procedures": procedures,
                "splits": "/".join(str(len(s.splits[x])) for x in ("train", "val", "test"))}
     with open(s.path("experiment.json"), "w") as f:
         json.dump({"rows": rows, "summary": summary,
                    "analysis": [r.to_json() for r in analysis]},
                   f, indent=2, default=str)
-    return rows, analysis, summary
+    return rows, analysis, summary, records_out
 
 
 def _fmt_ci(value, ci) -> str:
@@ -229,7 +348,13 @@ def run_experiment(cfg: dict, reproduce: str) -> dict:
         log.info("experiment: task %s", task)
         folder = os.path.splitext(os.path.basename(task))[0]  # a name, or a task file's stem
         s = Session(dict(cfg, task=task, output_dir=os.path.join(cfg["output_dir"], folder)))
-        rows, analysis, summary = run_task(s)
+        rows, analysis, summary, consolidations = run_task(s)
+        from ..outputs import write_json_atomic
+        os.makedirs(os.path.join(results_dir, name), exist_ok=True)
+        for procedure, record in consolidations.items():
+            # the consolidated models of the table, as seeds and coefficients (`corp rebuild`)
+            write_json_atomic(os.path.join(results_dir, name, f"{folder}-{procedure}.json"),
+                              record)
         all_rows += rows
         summaries.append(summary)
         for row in analysis:
@@ -258,9 +383,15 @@ def _write(cfg, name, results_dir, rows, analysis, summaries, seconds) -> None:
         md.append(f"- {s['task']}: {s['share_at_or_above_base']:.2f} (base train reward "
                   f"{s['base_train_reward']:.3f}, best member {s['best_train_reward']:.3f})")
     md += ["", "CoRP decisions (each gate's gain beside the gain it could have detected; the full "
-           "record is each task's `consolidation.json` under the output folder):", ""]
+           f"record, with the update as seeds and coefficients, is `{name}/<task>-<procedure>"
+           ".json` beside this file):", ""]
     for s in summaries:
-        md += [f"{s['task']}:", *s.get("corp_decisions", []), ""]
+        for procedure, lines in s.get("corp_decisions", {}).items():
+            md += [f"{s['task']}, {procedure}:", *lines, ""]
+    md += ["Rebuild any consolidated model of the table from its record and score it on the "
+           "test split:", "", "```",
+           f"corp rebuild --update {results_dir}/{name}/<task>-<procedure>.json "
+           "--output-dir runs/rebuilt", "```", ""]
     md += ["",
            "", "## Split-half analysis of the full populations", "",
            split.table(analysis), "", f"![results]({name}.png)", "",

@@ -19,7 +19,7 @@ import sys
 import yaml
 
 from ..outputs import write_atomic
-from .commands import COMMANDS, HELP, cmd_consolidate_streaming, cmd_experiment
+from .commands import COMMANDS, HELP, cmd_consolidate_streaming, cmd_experiment, cmd_rebuild
 from .config import add_options, resolve_config
 from .session import Session
 from .values import UsageError
@@ -79,6 +79,9 @@ def _main(argv: list[str] | None) -> int:
                      yaml.safe_dump({k: v for k, v in cfg.items() if not k.startswith("_")},
                                     sort_keys=True))
         cmd_experiment(cfg, args.config)
+        return 0
+    if args.command == "rebuild":  # its Session is built from the record it rebuilds
+        cmd_rebuild(cfg)
         return 0
     if world > 1 and rank != 0:  # rank 0 builds (and caches) a built-in model first
         import torch.distributed as dist

@@ -134,6 +134,14 @@ class Decision:
     detail: dict = field(default_factory=dict)
 
 
+def member_from_json(obj: dict | None) -> Member | None:
+    """The Member of `member_json`'s output (seeds are written as strings: 63-bit integers do not
+    survive a JSON reader that parses numbers as doubles)."""
+    if obj is None:
+        return None
+    return Member(tuple(int(s) for s in obj["seeds"]), tuple(float(c) for c in obj["coeffs"]))
+
+
 def member_json(member: Member | None) -> dict | None:
     return None if member is None else {"seeds": [str(s) for s in member.seeds],
                                         "coeffs": list(member.coeffs)}
@@ -151,6 +159,12 @@ class ConsolidationResult:
     def to_json(self) -> dict:
         return {"update": member_json(self.update), "candidate": member_json(self.candidate),
                 "reason": self.reason, "decisions": [asdict(d) for d in self.decisions]}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "ConsolidationResult":
+        return cls(member_from_json(obj.get("update")),
+                   [Decision(**d) for d in obj.get("decisions", [])], obj.get("reason", ""),
+                   member_from_json(obj.get("candidate")))
 
 
 # --- geometry over seeds -------------------------------------------------------------------------
