@@ -21,6 +21,8 @@ START=$(date +%s)
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/corp_triton_cache}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 unset CORP_KERNELS_REQUIRE_CPP
+# a failed build is reported by its own step; the kernel tests still run on what did build
+export CORP_KERNELS_ALLOW_MISSING=${CORP_KERNELS_ALLOW_MISSING:-cpp,cuda}
 status=0
 step() { echo "== $(date +%T) [+$(( $(date +%s) - START ))s] $*"; }
 # Seconds a step may take: its own cap, or what is left of the budget (minus a margin).

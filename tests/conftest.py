@@ -40,6 +40,30 @@ def _backend_devices():
 
 BACKEND_DEVICES = _backend_devices()
 
+# Backends the suite must find, or it stops before collecting anything: a C++ extension that failed
+# to build, or a broken Triton, would otherwise turn every case of that backend into a skip and the
+# run would still say "passed". CORP_KERNELS_ALLOW_MISSING=cpp,triton,cuda (or "all") opts out
+# explicitly for the named backends.
+EXPECTED_BACKENDS = ("cpp", "triton") + (("cuda",) if torch.cuda.is_available() else ())
+
+
+def missing_backends(status=None, allowed: str | None = None) -> list[str]:
+    """'name: reason' for every expected backend that is unavailable and not allowed missing."""
+    status = status if status is not None else backends()
+    allowed = os.environ.get("CORP_KERNELS_ALLOW_MISSING", "") if allowed is None else allowed
+    ok = {a.strip() for a in allowed.split(",") if a.strip()}
+    return [f"{name}: {status[name].reason}" for name in EXPECTED_BACKENDS
+            if not status[name].available and name not in ok and "all" not in ok]
+
+
+def pytest_sessionstart(session):
+    missing = missing_backends()
+    if missing:
+        pytest.exit("backends the tests expect are unavailable (" + "; ".join(missing) + "). "
+                    "Fix the build (scripts/setup.sh), or opt out explicitly with "
+                    "CORP_KERNELS_ALLOW_MISSING=" + ",".join(m.split(":")[0] for m in missing),
+                    returncode=3)
+
 
 @pytest.fixture(params=BACKEND_DEVICES)
 def backend_device(request):
