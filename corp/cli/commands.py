@@ -274,8 +274,8 @@ def cmd_rebuild(cfg: dict) -> dict:
         record = json.load(f)
     how = record.get("rebuild")
     if not isinstance(how, dict) or "config" not in how:
-        raise UsageError(f"--update {path} has no 'rebuild' section (written by corp >= 0.9's "
-                         f"`corp experiment` and `corp consolidate`); it cannot be rebuilt")
+        raise UsageError(f"--update {path} has no 'rebuild' section (records written before "
+                         f"`corp rebuild` existed lack it); it cannot be rebuilt")
     update = member_from_json(record.get("update"))
     if update is None:
         raise SystemExit(f"corp: {path} has no update (its gate kept the base model): the "
