@@ -1,0 +1,252 @@
+"""What CoRP's parts mean, each checked where a plausible small bug would change the answer
+(issue 17: a mutation pass found these behaviours untested):
+
+- the Stage-1 gate decides: a candidate the probe prefers is refused only by the gate's paired
+  lower bound (mean gain > 0, LCB < 0), and accepted only because that bound is > 0;
+- Stage 2 accepts, and its accept path is what the docstring says: the committed step is the
+  line-searched multiple of the Stage-1 step, sigma stays after an accept, lambda adapts, the next
+  cloud is the members that helped, and proposals have the energy sigma^2 D (sigma applied once);
+- the two-pass merge weighs alignment and dispersion as defined (reference computed here);
+- paired statistics have their textbook values;
+- the low-rank factors multiply back to the exact update at full rank, and a PEFT
+  adapter with different ranks per module merges to W + B @ A for each module;
+- population mode assigns each stacked copy's generations to its own member.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import corp_kernels as ck
+from corp.evaluate import Scores, TextEvaluator
+from corp.method.consolidate import (Consolidator, CorpConfig, consolidate, paired_stats,
+                                     seed_gram, two_pass_weights)
+from corp.method.export import low_rank_factors, write_adapter
+from corp.method.perturb import Member, PerturbationSpec, Perturber, parameter_key
+from corp.method.population import member_seeds, search
+from corp.models import build_tiny_model, save_model
+from corp.tasks import AdditionTask, Example
+from corp_helpers import PLANTED_PARAM, PlantedTask
+
+SIGMA = 0.01
+
+
+class MixedTask(PlantedTask):
+    """The planted direction with example kinds: "helped" is solved once the projection on P
+    exceeds t, "hurt" is solved until it does, "never" is never solved. `layout` gives each
+    split as (kind, count, low t, high t) parts in order (val: probe half first, gate half)."""
+
+    def __init__(self, model, layout, seed=0):
+        super().__init__(model, scale=SIGMA, n=1, seed=seed)
+        rng = np.random.default_rng(seed + 1)
+        self.splits_ = {}
+        for split, parts in layout.items():
+            examples = []
+            for kind, count, low, high in parts:
+                for t in rng.uniform(low, high, count):
+                    examples.append(Example(f"{split}{len(examples)}", "1",
+                                            {"t": float(t), "kind": kind}))
+            self.splits_[split] = examples
+
+    def __call__(self, model, examples):
+        proj = self.projection()
+        ok = np.array([proj > e.meta["t"] if e.meta["kind"] == "helped" else
+                       proj <= e.meta["t"] if e.meta["kind"] == "hurt" else False
+                       for e in examples])
+        return Scores(ok.astype(float), ok, [str(int(o)) for o in ok])
+
+
+TRAIN = [("helped", 48, -0.5, 3.0)]
+PROBE = [("helped", 16, 0.01, 0.3)]
+# gate halves: +1 on 6, -1 on 5, 0 on 5 -> mean 1/16 > 0 but LCB = mean - SE < 0
+GATE_UNSURE = [("helped", 6, 0.01, 0.3), ("hurt", 5, 0.01, 0.3), ("never", 5, 0, 0)]
+# +1 on 8, -1 on 1, 0 on 7 -> mean 7/16, SE 0.157: LCB > 0, but not with SE = SD (no sqrt n)
+GATE_SURE = [("helped", 8, 0.01, 0.3), ("hurt", 1, 0.01, 0.3), ("never", 7, 0, 0)]
+
+
+def _setup(tmp_path, gate, n=64):
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    task = MixedTask(lm.model, {"train": TRAIN, "val": PROBE + gate, "test": PROBE})
+    records = search(pert, task, task.splits()["train"], member_seeds(n), [SIGMA],
+                     str(tmp_path / "pop.jsonl"), {"test": "mixed"}, mode="inplace",
+                     progress=False)
+    return lm, pert, task, records
+
+
+def _stage1(result):
+    return next(d for d in result.decisions if d.stage == "stage1")
+
+
+def test_the_gate_alone_refuses_a_candidate_the_probe_prefers(tmp_path):
+    lm, pert, task, records = _setup(tmp_path, GATE_UNSURE)
+    result = consolidate(pert, task, task.splits(), records, CorpConfig(stage2_rounds=0))
+    stage1 = _stage1(result)
+    detail = stage1.detail
+    assert detail["probe_reward"] > detail["probe_reward_base"]  # the probe says yes
+    gate = detail["gate"]
+    assert gate["n"] == 16 and gate["mean_diff"] == pytest.approx(1 / 16)  # a gain, but unsure
+    diffs = np.array([1.0] * 6 + [-1.0] * 5 + [0.0] * 5)
+    assert gate["lcb"] == pytest.approx(diffs.mean() - diffs.std(ddof=1) / 4)  # < 0
+    assert not stage1.accepted and result.update is None and "gate" in detail["why"]
+    assert result.candidate is not None  # what the gate was asked about is kept
+
+
+def test_the_gate_alone_accepts_a_candidate_whose_lower_bound_is_positive(tmp_path):
+    lm, pert, task, records = _setup(tmp_path, GATE_SURE)
+    result = consolidate(pert, task, task.splits(), records, CorpConfig(stage2_rounds=0))
+    stage1 = _stage1(result)
+    gate = stage1.detail["gate"]
+    diffs = np.array([1.0] * 8 + [-1.0] + [0.0] * 7)
+    assert gate["mean_diff"] == pytest.approx(7 / 16)
+    assert gate["lcb"] == pytest.approx(diffs.mean() - diffs.std(ddof=1) / 4)
+    assert 0 < gate["lcb"] < diffs.std(ddof=1)  # passes only with the sqrt(n) in the SE
+    assert stage1.accepted and result.update == result.candidate
+    with pert.inplace(result.update):
+        assert task.projection() > 0.3  # the committed step solves every probe example
+
+
+def test_paired_stats_known_values():
+    new, old = np.array([1.0, 1.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.0, 0.0])
+    s = paired_stats(new, old, z=2.0)
+    d = new - old  # 1, 0, -1, 1: mean .25, sd sqrt(11/12)
+    assert s["mean_diff"] == pytest.approx(0.25) and s["n"] == 4
+    assert s["se"] == pytest.approx(np.sqrt(((d - 0.25) ** 2).sum() / 3) / 2)
+    assert s["lcb"] == pytest.approx(0.25 - 2.0 * s["se"])
+    assert s["mde80"] == pytest.approx((2.0 + 0.8416212335729143) * s["se"])
+
+
+def test_stage2_accepts_and_its_accept_path_follows_the_docstring(tmp_path):
+    """Stage 1 is refused by its gate (GATE_UNSURE), so Stage 2 starts from the base model; its
+    first round finds the planted direction and is accepted, the second has nothing left to fix."""
+    lm, pert, task, records = _setup(tmp_path, GATE_UNSURE)
+    config = CorpConfig(stage2_rounds=2, stage2_members=16, stage2_max_reject=2)
+    scored = []
+    original = Consolidator.score
+
+    def score(self, examples, member=None):
+        if examples is self.selection and member is not None:
+            scored.append(member)
+        return original(self, examples, member)
+
+    Consolidator.score = score
+    try:
+        result = consolidate(pert, task, task.splits(), records, config)
+    finally:
+        Consolidator.score = original
+    assert not _stage1(result).accepted
+    rounds = [d for d in result.decisions if d.stage == "stage2"]
+    assert [d.accepted for d in rounds] == [True, False]
+    first, second = rounds[0].detail, rounds[1].detail
+    step = _stage1(result).detail["step_norm"]
+    # the committed update is the line search's multiple of the Stage-1 step
+    assert first["alpha"] in (0.5, 1.0, 2.0)
+    c = np.array(result.update.coeffs)
+    norm = float(np.sqrt(c @ seed_gram(pert, list(result.update.seeds)) @ c))
+    assert norm == pytest.approx(first["alpha"] * step, rel=1e-6)
+    assert first["probe"]["lcb"] > 0 and first["gate"]["lcb"] > 0 and first["gate_score"] > 0
+    # sigma stays after an accept; lambda moves as documented; the cloud is who helped
+    assert second["sigma"] == first["sigma"]
+    helping = first["members_helping"]
+    lam = min(0.9, first["lambda"] + 0.2) if helping < 0.25 else max(0.1, first["lambda"] - 0.1)
+    assert second["lambda"] == pytest.approx(lam)
+    assert second["cloud_members"] == round(helping * config.stage2_members)
+    # proposals have energy sigma^2 D on average (sigma once, unit principal directions)
+    proposals = scored[:config.stage2_members]
+    energies = []
+    for m in proposals:
+        coeffs = np.array(m.coeffs)
+        energies.append(coeffs @ seed_gram(pert, list(m.seeds)) @ coeffs)
+    ratio = np.mean(energies) / (first["sigma"] ** 2 * pert.numel)
+    assert 0.75 < ratio < 1.25, ratio
+    base = task(lm.model, task.splits()["test"]).reward
+    with pert.inplace(result.update):
+        assert task(lm.model, task.splits()["test"]).reward > base
+
+
+def _two_pass_reference(rewards, gram, beta):
+    """The two-pass rule written out from its definition (q = 0: every member is in the elite)."""
+    w1 = np.exp(beta * rewards) / np.exp(beta * rewards).sum()
+    m_dot = gram @ w1
+    m_norm = np.sqrt(w1 @ gram @ w1)
+    norms = np.sqrt(np.diag(gram))
+    align = m_dot / (norms * m_norm)
+    disp = norms ** 2 - (m_dot / m_norm) ** 2
+
+    def z(x):
+        return (x - x.mean()) / x.std()
+    logits = beta * rewards + z(align) - z(disp)
+    return np.exp(logits) / np.exp(logits).sum()
+
+
+def test_two_pass_weights_rank_members_by_alignment():
+    """Four members of equal norm and reward: 0-2 point roughly the same way, 3 is orthogonal.
+    Alignment (and the dispersion it implies) must put 3 last, by the documented amounts."""
+    gram = np.array([[1.0, 0.9, 0.8, 0.0], [0.9, 1.0, 0.7, 0.0], [0.8, 0.7, 1.0, 0.0],
+                     [0.0, 0.0, 0.0, 1.0]])
+    rewards = np.array([0.5, 0.5, 0.5, 0.5])
+    elite, w2, _ = two_pass_weights(rewards, gram, q=0.0, beta=1.0)
+    np.testing.assert_allclose(w2, _two_pass_reference(rewards, gram, 1.0), rtol=1e-12)
+    assert w2[3] < 0.25 * min(w2[:3])
+    # rewards still count: with beta large the best-rewarded member leads whatever its geometry
+    rewards = np.array([0.5, 0.5, 0.5, 0.9])
+    _, w2, _ = two_pass_weights(rewards, gram, q=0.0, beta=20.0)
+    np.testing.assert_allclose(w2, _two_pass_reference(rewards, gram, 20.0), rtol=1e-12)
+    assert np.argmax(w2) == 3
+
+
+def test_low_rank_factors_multiply_back_to_the_update_at_full_rank():
+    lm = build_tiny_model("llama", seed=1)
+    pert = Perturber(lm.model, PerturbationSpec())
+    update = Member((3, 4), (0.02, -0.03))  # noise matrices are full rank: so is the update
+    factors = low_rank_factors(pert, update, max_rank=128, energy_fraction=1.0)
+    shapes = {name: tuple(p.shape) for name, p in pert.params}
+    for f in factors:
+        keys = [parameter_key(s, f.name) for s in update.seeds]
+        exact = ck.weighted_noise_sum(shapes[f.name], keys, list(update.coeffs)).double()
+        got = f.lora_b.double() @ f.lora_a.double()
+        assert f.rank == min(shapes[f.name])  # full rank: B @ A must be the update itself
+        assert f.energy_captured == pytest.approx(1.0, abs=1e-5)
+        assert float((got - exact).norm() / exact.norm()) < 1e-4, f.name
+
+
+def test_peft_merges_each_module_at_its_own_rank(tmp_path):
+    peft = pytest.importorskip("peft")
+    lm = build_tiny_model("llama", seed=1)
+    pert = Perturber(lm.model, PerturbationSpec())
+    update = Member((3, 4, 5), (0.02, -0.03, 0.01))
+    factors = low_rank_factors(pert, update, max_rank=3, energy_fraction=1.0)
+    # ranks 1, 2, 3, 1, 2, 3, ... across modules
+    factors = [f.truncated(1 + i % 3) for i, f in enumerate(factors)]
+    assert len({f.rank for f in factors}) == 3
+    base_dir = tmp_path / "base"
+    save_model(lm, str(base_dir))
+    write_adapter(str(tmp_path / "adapter"), factors, str(base_dir))
+    merged = peft.PeftModel.from_pretrained(build_tiny_model("llama", seed=1).model,
+                                            str(tmp_path / "adapter")).merge_and_unload()
+    got = dict(merged.named_parameters())
+    base = dict(build_tiny_model("llama", seed=1).model.named_parameters())
+    for f in factors:
+        want = base[f.name].detach() + f.lora_b @ f.lora_a
+        torch.testing.assert_close(got[f.name].detach(), want, rtol=1e-6, atol=1e-6)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert sorted(set(config["rank_pattern"].values())) == [1, 2, 3]
+
+
+def test_population_mode_gives_each_member_its_own_generations():
+    lm = build_tiny_model("llama", seed=2)
+    pert = Perturber(lm.model, PerturbationSpec())
+    task = AdditionTask(n_train=5, n_val=2, n_test=2)
+    evaluator = TextEvaluator(task, lm.codec, batch_size=3)  # two chunks: 3 + 2 prompts
+    prompts = [e.prompt for e in task.splits()["train"]]
+    members = [Member.single(s, 0.2) for s in (11, 12, 13)]
+    with pert.population(members):
+        together = evaluator.generate(lm.model, prompts, copies=len(members))
+    alone = []
+    for m in members:
+        with pert.inplace(m):
+            alone.append(evaluator.generate(lm.model, prompts)[0])
+    assert len({tuple(a) for a in alone}) == len(members)  # the members do differ
+    assert together == alone
