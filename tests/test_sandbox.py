@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import socket
+import types
 import subprocess
 import sys
 import time
@@ -550,3 +551,74 @@ def test_an_int_of_more_than_4300_digits_is_reported(kind):
     code = "def f(x):\n    return x * ((1 << 16000) - 1)\ndef g():\n    return {f(1): [f(1)]}"
     result = run_tests(code, tests, confinement=kind)
     assert (result.passed, result.status) == (3, "ok"), result
+
+
+class _Blocked(Exception):
+    pass
+
+
+def _hook_here(cwd="/work"):
+    """The audit hook exec'd in this process, with an `os` whose _exit raises instead of exiting,
+    so that every write path can be asked about directly (the OS layer is tested above)."""
+    def _exit(code):
+        raise _Blocked(code)
+    fake_os = types.SimpleNamespace(
+        fspath=os.fspath, getcwd=lambda: cwd, write=lambda fd, data: None, _exit=_exit,
+        **{flag: getattr(os, flag) for flag in ("O_WRONLY", "O_RDWR", "O_CREAT", "O_APPEND",
+                                                 "O_TRUNC")})
+    scope = {"os": fake_os, "ROOT": "/work"}
+    exec(sandbox._HOOK, scope)
+
+    def blocked(event, *args):
+        try:
+            scope["_hook"](event, args)
+        except _Blocked:
+            return True
+        return False
+    return blocked
+
+
+@pytest.mark.parametrize("mode", ["w", "wb", "a", "ab", "x", "r+", "rb+", "w+"])
+def test_the_hook_blocks_every_writing_open_mode_outside(mode):
+    blocked = _hook_here()
+    assert blocked("open", "/etc/passwd", mode, 0)
+    assert not blocked("open", "/work/out.txt", mode, 0)
+
+
+@pytest.mark.parametrize("flag", ["O_WRONLY", "O_RDWR", "O_CREAT", "O_APPEND", "O_TRUNC"])
+def test_the_hook_blocks_every_writing_os_open_flag_outside(flag):
+    blocked = _hook_here()
+    assert blocked("open", "/etc/passwd", None, getattr(os, flag))
+    assert not blocked("open", "/work/out.txt", None, getattr(os, flag))
+    assert not blocked("open", "/etc/passwd", None, os.O_RDONLY)  # reading is the OS's business
+    assert not blocked("open", "/etc/passwd", "r", 0)
+
+
+@pytest.mark.parametrize("path", ["/workshop/x", "/work2", "/work/../etc/x", "../etc/x",
+                                  "/work/./../work2/x", b"/tmp/x", "/"])
+def test_the_hook_judges_the_path_not_its_spelling(path):
+    blocked = _hook_here()
+    assert blocked("open", path, "w", 0)  # a sibling with the same prefix, or `..`, is outside
+    assert blocked("os.remove", path)
+
+
+@pytest.mark.parametrize("path", ["/work", "/work/a/b", "a/b", "./a", "a/../b", b"/work/x"])
+def test_the_hook_allows_the_working_folder(path):
+    blocked = _hook_here()
+    assert not blocked("open", path, "w", 0) and not blocked("os.remove", path)
+
+
+def test_the_hook_blocks_links_and_renames_that_reach_outside():
+    blocked = _hook_here()
+    assert blocked("os.symlink", "/etc/passwd", "/work/link", None, None)  # a link to outside
+    assert blocked("os.link", "/etc/passwd", "/work/hard", None, None, True)
+    assert blocked("os.rename", "/work/a", "/tmp/a", None, None)
+    assert blocked("os.replace", "/work/a", "/tmp/a", None, None)
+    assert not blocked("os.rename", "/work/a", "/work/b", None, None)
+    assert blocked("shutil.rmtree", "/home", None)
+
+
+def test_the_hook_resolves_relative_paths_from_the_current_folder():
+    assert _hook_here(cwd="/tmp")("open", "notes.txt", "w", 0)  # after os.chdir('/tmp')
+    assert not _hook_here(cwd="/work/sub")("open", "../notes.txt", "w", 0)
+    assert _hook_here(cwd="/work/sub")("open", "../../notes.txt", "w", 0)
