@@ -4,7 +4,6 @@ one process, and a rank killed with SIGKILL loses nothing after a restart."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,10 +26,11 @@ def setup(tmp_path_factory):
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# torchrun --standalone binds its own rendezvous port (localhost, port 0): a port picked here and
+# handed over would be free when chosen but could be taken by another process before torchrun
+# binds it (two test runs at once, a parallel worker).
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            "2"]
 
 
 def _args(root, out, n, mode):
@@ -49,9 +49,7 @@ def single(root, out, n, mode):
 
 
 def torchrun(root, out, n, mode, wait=True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-           *_args(root, out, n, mode)]
+    cmd = [*TORCHRUN, *_args(root, out, n, mode)]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if wait:
         out_text = proc.communicate(timeout=300)[0].decode(errors="replace")
@@ -146,10 +144,8 @@ def test_streaming_consolidation_split_by_layer_across_ranks(setup, tmp_path):
             subprocess.run([sys.executable, *args], env=_env(), check=True, timeout=300,
                            capture_output=True)
         else:
-            proc = subprocess.run([sys.executable, "-m", "torch.distributed.run",
-                                   "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                                   "--master-port", str(_free_port()), *args], env=_env(),
-                                  timeout=300, capture_output=True, text=True)
+            proc = subprocess.run([*TORCHRUN, *args], env=_env(), timeout=300,
+                                  capture_output=True, text=True)
             assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         outs[label] = out
     for rel in ("adapter/adapter_model.safetensors", "merged-lowrank/model.safetensors"):
