@@ -59,8 +59,10 @@ class CharCodec:
 class HFCodec:
     """A Hugging Face tokenizer; prompts go through the chat template when the tokenizer has one."""
 
-    def __init__(self, tokenizer, use_chat_template: bool = True):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer, use_chat_template: bool = True, system_prompt: str | None = None):
+        """`system_prompt`: None keeps the template's own (SmolLM2's inserts a 16-token default);
+        a string, "" included, replaces it."""
+        self.tokenizer, self.system_prompt = tokenizer, system_prompt
         self.use_chat_template = use_chat_template and bool(getattr(tokenizer, "chat_template",
                                                                     None))
         pad = tokenizer.pad_token_id
@@ -69,8 +71,11 @@ class HFCodec:
 
     def encode_prompt(self, text: str) -> list[int]:
         if self.use_chat_template:
-            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                     add_generation_prompt=True, tokenize=True)
+            turns = [{"role": "user", "content": text}]
+            if self.system_prompt is not None:
+                turns.insert(0, {"role": "system", "content": self.system_prompt})
+            ids = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True,
+                                                     tokenize=True)
             # transformers 5 returns a BatchEncoding here, 4.x a plain list
             return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         return list(self.tokenizer(text)["input_ids"])

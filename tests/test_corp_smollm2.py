@@ -29,6 +29,19 @@ def test_smollm2_converts_once_and_answers(tmp_path, monkeypatch):
         out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=16, do_sample=False,
                              pad_token_id=codec.pad_id)
     assert "5" in codec.decode(out[0, len(ids):].tolist())
+    # the template's default system prompt, or one given in its place ("" = an empty turn)
+    assert "You are a helpful AI assistant" in codec.tokenizer.decode(ids)
+    bare = HFCodec(codec.tokenizer, system_prompt="").encode_prompt("What is 2+3?")
+    assert "You are" not in codec.tokenizer.decode(bare) and len(bare) < len(ids)
+    told = HFCodec(codec.tokenizer, system_prompt="Answer with a number.")
+    assert "<|im_start|>system\nAnswer with a number.<|im_end|>" in \
+        codec.tokenizer.decode(told.encode_prompt("What is 2+3?"))
+    # CORP_SMOLLM2_GGUF names the file where the package is absent (the GPU machine)
+    from corp.builtin import smollm2_gguf_path
+    monkeypatch.setenv("CORP_SMOLLM2_GGUF", str(tmp_path / "none.gguf"))
+    with pytest.raises(SystemExit, match="CORP_SMOLLM2_GGUF=.*none.gguf is not a file"):
+        smollm2_gguf_path()
+    monkeypatch.delenv("CORP_SMOLLM2_GGUF")
     stamp = (tmp_path / "smollm2-135m-instruct" / "model.safetensors").stat().st_mtime
     assert smollm2_dir() == path  # cached: not converted again
     assert (tmp_path / "smollm2-135m-instruct" / "model.safetensors").stat().st_mtime == stamp
