@@ -112,6 +112,18 @@ def test_corp_experiment_reports_equal_budget_rows_and_gate_power(tmp_path, capl
     again = json.loads((results / "tiny.json").read_text())["rows"]
     assert [(r["method"], r["reward"]) for r in again] == [(r["method"], r["reward"])
                                                            for r in rows]
+    # Another grid for one procedure recomputes that procedure's steps and nothing else.
+    config.write_text(config.read_text().replace("alphas: [0.5, 1.0]", "alphas: [2.0]"))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="corp"):
+        assert main(args) == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert any("step corp-gated done before" in m for m in said)
+    assert any("step base-test done before" in m for m in said)
+    assert any("step corp-released was done with other options" in m for m in said)
+    assert json.loads((results / "tiny" / "add-released.json").read_text()
+                      )["corp_config"]["alphas"] == [2.0]
+    rows = json.loads((results / "tiny.json").read_text())["rows"]
 
     # The released procedure commits Stage 1 ungated, so its record has an update: rebuilding it
     # from seeds and coefficients scores what the table says the exact update scored.

@@ -62,36 +62,50 @@ def _test_scores(s, members, test) -> tuple[list, list[float]]:
 # Options that do not change any number of the experiment (where results go, how it logs).
 _NOT_RESULTS = ("progress", "log_level", "results_dir", "experiment_name", "output_dir", "tasks",
                 "task")
+# Options that change only CoRP's steps (which pass their procedure's CorpConfig as `extra`) or
+# only the gradient baseline's and the analysis': the other steps do not depend on them, so
+# changing, say, the released procedure's grid recomputes its steps and nothing else.
+_STEP_SPECIFIC = ("procedure", "procedures", "corp_config", "corp_configs", "stage2_rounds",
+                  "stage2_members", "max_rank", "energy_fraction", "gradient_steps",
+                  "gradient_samples", "analysis_rank", "analysis_layers", "analysis_permutations",
+                  "analysis_alpha", "analysis_correction")
+
+
+def _hash(obj) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class Steps:
     """The experiment's finished steps, one JSON file each in `<task folder>/experiment-steps/`,
     written atomically, so that a rerun after an interruption skips what is done (the search
     resumes from its own log). A step file records the fingerprint of the options that decide
-    its numbers; another configuration recomputes it."""
+    its numbers (the shared ones, plus the step's own `extra`, e.g. its CorpConfig); other
+    options recompute it. A file fingerprinted with the whole configuration (written before
+    fingerprints were per step) is reused when the whole configuration is the same."""
 
     def __init__(self, folder: str, cfg: dict):
-        import hashlib
         self.folder = folder
         os.makedirs(folder, exist_ok=True)
         relevant = {k: v for k, v in cfg.items() if k not in _NOT_RESULTS and
                     not k.startswith("_")}
-        self.fingerprint = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str)
-                                          .encode()).hexdigest()[:16]
+        self.whole = _hash(relevant)
+        self.shared = {k: v for k, v in relevant.items() if k not in _STEP_SPECIFIC}
 
-    def get(self, name: str, compute):
+    def get(self, name: str, compute, extra=None):
         """The stored value of step `name`, or compute(), stored (a JSON-able value)."""
         from ..outputs import write_json_atomic
         path = os.path.join(self.folder, f"{name}.json")
+        fingerprint = _hash({"shared": self.shared, "extra": extra})
         if os.path.exists(path):
             with open(path) as f:
                 stored = json.load(f)
-            if stored.get("fingerprint") == self.fingerprint:
+            if stored.get("fingerprint") in (fingerprint, self.whole):
                 log.info("experiment: step %s done before (%s), reused", name, path)
                 return stored["value"]
             log.info("experiment: step %s was done with other options; recomputing", name)
         value = compute()
-        write_json_atomic(path, {"fingerprint": self.fingerprint, "value": value})
+        write_json_atomic(path, {"fingerprint": fingerprint, "value": value})
         return value
 
 
@@ -135,13 +149,16 @@ def corp_rows(s, steps: Steps, procedure: str, corp_records, n_corp: int, t_corp
     from .config import corp_config
     cfg, task, test = s.cfg, s.task.name, s.splits["test"]
     corp_cfg = corp_config(cfg, procedure)
+    import dataclasses
+    own = {"corp": dataclasses.asdict(corp_cfg), "max_rank": cfg["max_rank"],
+           "energy_fraction": cfg["energy_fraction"]}
 
     def run():
         result, seconds = _timed(consolidate, s.perturber, s.evaluator, s.splits, corp_records,
                                  corp_cfg)
         return {"result": result.to_json(), "seconds": seconds}
 
-    done = steps.get(f"corp-{procedure}", run)
+    done = steps.get(f"corp-{procedure}", run, own)
     result, t_cons = ConsolidationResult.from_json(done["result"]), done["seconds"]
     train_s = t_corp_search + t_cons
     name = f"CoRP {procedure} (N={n_corp})"
@@ -150,7 +167,7 @@ def corp_rows(s, steps: Steps, procedure: str, corp_records, n_corp: int, t_corp
         def exact():
             with s.perturber.inplace(result.update):
                 return _timed_scores(lambda: s.evaluator(s.model, test))
-        got = steps.get(f"corp-{procedure}-test", exact)
+        got = steps.get(f"corp-{procedure}-test", exact, own)
         rows.append(_row(task, name, _scores_from(got["scores"]), 1, n_corp, train_s,
                          got["seconds"], result.reason))
 
@@ -167,7 +184,7 @@ def corp_rows(s, steps: Steps, procedure: str, corp_records, n_corp: int, t_corp
                     s.perturber, [f.truncated(choice.rank) for f in factors],
                     lambda model: s.evaluator(model, test))))
             return out
-        low = steps.get(f"corp-{procedure}-lowrank", low_rank)
+        low = steps.get(f"corp-{procedure}-lowrank", low_rank, own)
         if low["rank"] is not None:
             rows.append(_row(task, f"{name} low-rank, rank {low['rank']} chosen on the probe",
                              _scores_from(low["scores"]), 1, n_corp, train_s, low["seconds"],
@@ -182,7 +199,7 @@ def corp_rows(s, steps: Steps, procedure: str, corp_records, n_corp: int, t_corp
         def candidate():
             with s.perturber.inplace(result.candidate):
                 return _timed_scores(lambda: s.evaluator(s.model, test))
-        got = steps.get(f"corp-{procedure}-candidate", candidate)
+        got = steps.get(f"corp-{procedure}-candidate", candidate, own)
         rows.append(_row(task, f"CoRP {procedure}: best Stage-1 candidate, ungated "
                          f"(N={n_corp})", _scores_from(got["scores"]), 1, n_corp, train_s,
                          got["seconds"]))
@@ -265,7 +282,8 @@ def run_task(s) -> tuple[list[dict], list, dict]:
                                            steps=cfg["gradient_steps"], seed=cfg["seed"])
             got = _timed_scores(lambda: s.evaluator(tuned, test))
             return {**got, "train_seconds": t_grad, "sequences": info["training_sequences"]}
-        got = steps.get("gradient", gradient)
+        got = steps.get("gradient", gradient,
+                        {k: cfg[k] for k in ("gradient_steps", "gradient_samples")})
         rows.append(_row(task, f"reward-weighted fine-tuning ({cfg['gradient_steps']} steps)",
                          _scores_from(got["scores"]), 1, 0, got["train_seconds"],
                          got["seconds"], f"{got['sequences']} sequences, "
