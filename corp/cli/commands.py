@@ -204,16 +204,13 @@ def cmd_run(s: Session) -> dict:
 
 def cons_member(cons: dict, key: str = "update"):
     """The Member stored under `key` of a consolidation's JSON (None when there is none)."""
-    from ..method.perturb import Member
-    u = cons.get(key)
-    if u is None:
-        return None
-    return Member(tuple(int(x) for x in u["seeds"]), tuple(u["coeffs"]))
+    from ..method.consolidate import member_from_json
+    return member_from_json(cons.get(key))
 
 
 def cmd_consolidate_streaming(cfg: dict) -> dict:
     """Low-memory consolidation: needs the population log and a safetensors model folder only."""
-    from ..method.perturb import Member
+    from ..method.consolidate import member_from_json
     from ..scale.streaming import (consolidate_streaming, parse_bytes, read_population,
                                    stage1_update)
     t = time.time()
@@ -225,8 +222,7 @@ def cmd_consolidate_streaming(cfg: dict) -> dict:
         u = read_json(cfg["update"]).get("update")  # refused if not its folder's committed run
         if u is None:
             raise SystemExit(f"corp: {cfg['update']} has no update (its gate kept the base)")
-        update, source = Member(tuple(int(x) for x in u["seeds"]), tuple(u["coeffs"])), \
-            cfg["update"]
+        update, source = member_from_json(u), cfg["update"]
     else:
         q, beta, alpha = cfg["stage1"]
         update = stage1_update(model_dir, records, names, q, beta, alpha)
