@@ -327,30 +327,37 @@ def table(rows: list[dict]) -> str:
 
 
 def figure(rows: list[dict], path: str) -> str:
+    """One panel per task: test reward of each method as a horizontal bar with its 95% interval
+    (accuracy as a dot where it differs from the reward), the base model's reward as a dashed line
+    so that a gain reads as a bar past it. Horizontal, because method names are long."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    methods = list(dict.fromkeys(r["method"].split(" (")[0] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4), squeeze=False)
+    most = max(sum(r["task"] == t for r in rows) for t in tasks)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 0.9 + 0.42 * most),
+                             squeeze=False)
     for ax, task in zip(axes[0], tasks):
         mine = [r for r in rows if r["task"] == task]
-        x = np.arange(len(mine))
-        for metric, offset, color in (("reward", -0.2, "tab:blue"), ("accuracy", 0.2,
-                                                                       "tab:orange")):
-            vals = np.array([r[metric] for r in mine])
-            ci = np.array([r[f"{metric}_ci"] for r in mine])
-            ax.bar(x + offset, vals, 0.4, color=color, label=f"test {metric}",
-                   yerr=[vals - ci[:, 0], ci[:, 1] - vals], capsize=3)
-        ax.set_xticks(x, [r["method"].replace(" (", "\n(") for r in mine], rotation=60,
-                      ha="right", fontsize=7)
+        y = np.arange(len(mine))[::-1]  # first row on top
+        vals = np.array([r["reward"] for r in mine])
+        ci = np.array([r["reward_ci"] for r in mine])
+        ax.barh(y, vals, 0.6, color="tab:blue", xerr=[vals - ci[:, 0], ci[:, 1] - vals],
+                capsize=3, label="test reward (95% CI)")
+        acc = np.array([r["accuracy"] for r in mine])
+        if not np.allclose(acc, vals):
+            ax.plot(acc, y, "o", color="black", ms=4, label="test accuracy")
+        base = [r for r in mine if r["method"] == "base model"]
+        if base:
+            ax.axvline(base[0]["reward"], color="gray", ls="--", lw=1, label="base model")
+        ax.set_yticks(y, [r["method"] for r in mine], fontsize=8)
+        ax.set_xlim(0, min(1.0, max(1e-3, float(ci[:, 1].max())) * 1.15))
+        ax.set_xlabel("mean over the test prompts")
         ax.set_title(task)
-        ax.set_ylim(0, 1)
-    axes[0][0].legend(fontsize=8)
-    axes[0][0].set_ylabel("mean over test prompts (95% bootstrap CI)")
-    fig.suptitle(f"RandOpt vs. CoRP: {', '.join(methods[:5])}", fontsize=8)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 1.2 / (1 + most)),
+                  ncol=3, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
