@@ -89,6 +89,8 @@ def test_corp_experiment_reports_equal_budget_rows_and_gate_power(tmp_path, capl
                 "RandOpt top-3 vote (N=6, CoRP's budget)", "corp rebuild --update"):
         assert row in md, row
     assert "detectable" in md and "- stage1:" in md  # every gate beside its power
+    # exact and low-rank side by side, whether or not a rank was within the probe's tolerance
+    assert "CoRP released (N=6) low-rank, rank" in md
     assert "add, gated:" in md and "add, released:" in md
     rows = json.loads((results / "tiny.json").read_text())["rows"]
     for procedure in ("gated", "released"):

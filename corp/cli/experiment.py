@@ -190,7 +190,22 @@ def corp_rows(s, steps: Steps, procedure: str, corp_records, n_corp: int, t_corp
                              _scores_from(low["scores"]), 1, n_corp, train_s, low["seconds"],
                              low["reason"]))
         else:
+            # No rank is exported, but the table still shows what truncation costs: the largest
+            # rank the probe tried, scored on test.
             rows[-1]["note"] += f"; {low['reason']}"
+
+            def largest_rank():
+                factors = low_rank_factors(s.perturber, result.update, cfg["max_rank"],
+                                           cfg["energy_fraction"])
+                r = min(max(candidate_ranks(cfg["max_rank"])), max(f.rank for f in factors))
+                got = _timed_scores(lambda: score_with_factors(
+                    s.perturber, [f.truncated(r) for f in factors],
+                    lambda model: s.evaluator(model, test)))
+                return {**got, "rank": r}
+            got = steps.get(f"corp-{procedure}-lowrank-largest", largest_rank, own)
+            rows.append(_row(task, f"{name} low-rank, rank {got['rank']}, not exported "
+                             "(outside the probe's tolerance)", _scores_from(got["scores"]), 1,
+                             n_corp, train_s, got["seconds"]))
     else:
         rows.append(_row(task, f"{name}, gate kept the base", base, 1, n_corp, train_s, t_base,
                          result.reason))
