@@ -22,7 +22,7 @@ import torch
 import corp_kernels as ck
 from corp.evaluate import Scores, TextEvaluator
 from corp.method.consolidate import (Consolidator, CorpConfig, consolidate, paired_stats,
-                                     seed_gram, two_pass_weights)
+                                     released_next_lambda, seed_gram, two_pass_weights)
 from corp.method.export import low_rank_factors, write_adapter
 from corp.method.perturb import Member, PerturbationSpec, Perturber, parameter_key
 from corp.method.population import member_seeds, search
@@ -250,3 +250,44 @@ def test_population_mode_gives_each_member_its_own_generations():
             alone.append(evaluator.generate(lm.model, prompts)[0])
     assert len({tuple(a) for a in alone}) == len(members)  # the members do differ
     assert together == alone
+
+
+def test_released_stage2_accepts_and_its_accept_path_follows_the_released_code(tmp_path):
+    """Released procedure: Stage 1 is committed ungated at a step against the planted direction
+    (raw alpha -0.3: Stage 2's steps are anchored to its size, so it must not be tiny), so Stage
+    2's sweep has the planted direction to find again: a proposal passes the
+    gate half, the probe line search accepts it, and the next round starts from what the released
+    code says (same sigma, eta scaled by the line search's multiplier, lambda moved halfway to its
+    target, the cloud rebuilt from the members that helped)."""
+    lm, pert, task, records = _setup(tmp_path, GATE_UNSURE)
+    config = CorpConfig.released(quantiles=(0.5,), betas=(1.0,), alphas=(-0.3,),
+                                 stage2_members=16, stage2_rounds=2, stage2_max_accept=2,
+                                 stage2_max_reject=2)
+    base_probe = task(lm.model, task.splits()["val"][:16]).reward
+    result = consolidate(pert, task, task.splits(), records, config)
+    stage1 = _stage1(result)
+    assert stage1.accepted and stage1.detail["probe_reward"] <= base_probe  # no gain committed
+    rounds = [d for d in result.decisions if d.stage == "stage2"]
+    assert rounds[0].accepted, rounds[0].detail
+    first = rounds[0].detail
+    assert first["passing_gate"] >= 1 and first["gate_score"] > 0 and first["gate"]["lcb"] > 0
+    assert first["probe"]["lcb"] > 0 and first["probe_reward"] >= first["probe_reward_before"]
+    assert first["line_search"] in (0.5, 1.0, 2.0)
+    # the committed step: Stage 1's update plus the chosen merge at the line search's multiple,
+    # whose norm is the multiplier times the proposal's eta (itself a multiple of Stage 1's)
+    gram_seeds = list(result.update.seeds)
+    c = np.array(result.update.coeffs)
+    s1 = dict(zip(stage1_seeds := list(result.candidate.seeds), result.candidate.coeffs))
+    step = np.array([c_j - s1.get(s, 0.0) for s, c_j in zip(gram_seeds, c)])
+    norm = float(np.sqrt(step @ seed_gram(pert, gram_seeds) @ step))
+    assert norm == pytest.approx(first["line_search"] * first["step"], rel=1e-6)
+    assert set(stage1_seeds) <= set(gram_seeds)
+    if len(rounds) > 1:
+        second = rounds[1].detail
+        assert second["sigma"] == first["sigma"]  # halved only after a rejection
+        assert second["eta"] == pytest.approx(first["line_search"] * first["step"])
+        assert second["lambda"] == pytest.approx(
+            released_next_lambda(first["lambda"], first["members_helping"]))
+        assert second["cloud_members"] == round(first["members_helping"] * 16)
+    with pert.inplace(result.update):
+        assert task(lm.model, task.splits()["val"][:16]).reward > base_probe

@@ -198,6 +198,9 @@ def test_streaming_memory_stays_near_one_tensor(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         growth[mode] = json.loads(proc.stdout.strip().splitlines()[-1])["growth_mib"]
     assert growth["load"] >= 120, f"the control grew by only {growth['load']:.0f} MiB"
+    # Margin, measured over 10 repeated runs (2026-11-26, this 2-core machine): streaming grew by
+    # 33.3-33.5 MiB (load: 256.0 MiB every time). 48 leaves 14.5 MiB for noise that varied by
+    # 0.2 MiB, and fails if streaming holds one more 16 MiB tensor than it does.
     assert growth["streaming"] < 48, \
         f"peak RSS grew by {growth['streaming']:.0f} MiB for a 128 MiB model"
     merged = load_file(str(tmp_path / "streaming" / "merged-lowrank" / "model.safetensors"))
