@@ -129,8 +129,9 @@ def test_member_answers_keep_the_members_order_and_vote_scores_the_vote():
     examples = task.splits()["train"]
     recs = [Record(seed=s, sigma=0.3, reward=0.0, accuracy=0.0, rewards=[], correct=[])
             for s in (21, 22, 23)]
-    for mode in ("inplace", "population"):
-        got = member_answers(pert, ev, examples, recs, mode=mode)
+    for mode in ("inplace", "population", None):  # None: the default ("auto")
+        kwargs = {} if mode is None else {"mode": mode}
+        got = member_answers(pert, ev, examples, recs, **kwargs)
         alone = []
         for r in recs:
             with pert.inplace(Member.single(r.seed, r.sigma)):
