@@ -413,8 +413,9 @@ def _write(cfg, name, results_dir, rows, analysis, summaries, seconds) -> None:
           f"model: {cfg['model']}; tasks: {', '.join(s['task'] for s in summaries)}; "
           f"N = {cfg['population']} (RandOpt), N_corp = {summaries[0]['n_corp']}, "
           f"K = {cfg['top_k']}, sigmas = {cfg['sigmas']}; machine: {platform.machine()}, "
-          f"{torch.get_num_threads()} threads, {cfg['device']}; total wall-clock "
-          f"{seconds / 60:.1f} min.", "",
+          f"{torch.get_num_threads()} threads, {cfg['device']}; this invocation's wall-clock "
+          f"{seconds / 60:.1f} min (steps an earlier invocation finished are reused, not "
+          "rerun; each row's own cost is in its columns).", "",
           "Train / val / test prompts per task: "
           + ", ".join(f"{s['task']} {s['splits']}" for s in summaries) + ".", "",
           table(rows), "",
