@@ -52,6 +52,8 @@ def test_choose_rank_accepts_a_loss_inside_the_tolerance_and_refuses_one_outside
     script = _Scripted(lm.model, [exact, [1, 1, 1, 0, 0, 0, 0, 0]])
     choice = choose_rank(pert, update, factors, script, [1, 2])
     assert isinstance(choice, RankChoice) and choice.rank == 1
+    assert choice.to_json() == {"rank": 1, "exact_probe_reward": 0.5,
+                                "candidates": choice.candidates, "reason": choice.reason}
     assert choice.reason.startswith("rank 1: probe reward 0.3750 vs exact 0.5000")
     assert choice.candidates[0]["paired"]["n"] == 8 and choice.candidates[0]["within_tolerance"]
     # a loss of 2 of 8 (mean -0.25, SE 0.164) is outside at z = 1, at every rank
@@ -170,3 +172,12 @@ def test_adapter_config_is_a_plain_lora_at_scaling_one(tmp_path):
     with pytest.raises(ValueError, match="no 2-D parameter has an update: nothing to write as a "
                                          "LoRA adapter"):
         write_adapter(str(tmp_path / "none"), [], "base/model")
+
+
+def test_low_rank_factors_default_keeps_at_most_64_directions():
+    # a 192 x 192 layer whose 90%-energy rank (~100) is above 64: the default cap decides
+    lm = build_tiny_model("llama", seed=1, hidden=192)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    pert = Perturber(lm.model, PerturbationSpec(parameters=(name,)))
+    (f,) = low_rank_factors(pert, Member((3, 4, 5), (0.02, -0.03, 0.01)))
+    assert f.rank == 64 and f.energy_captured < 0.9
