@@ -179,5 +179,8 @@ def test_low_rank_factors_default_keeps_at_most_64_directions():
     lm = build_tiny_model("llama", seed=1, hidden=192)
     name = "model.layers.0.self_attn.q_proj.weight"
     pert = Perturber(lm.model, PerturbationSpec(parameters=(name,)))
-    (f,) = low_rank_factors(pert, Member((3, 4, 5), (0.02, -0.03, 0.01)))
+    update = Member((3, 4, 5), (0.02, -0.03, 0.01))
+    (f,) = low_rank_factors(pert, update)
     assert f.rank == 64 and f.energy_captured < 0.9
+    g = layer_factors(name, (192, 192), update)  # the same defaults one layer at a time
+    assert g.rank == 64 and g.energy_captured == pytest.approx(f.energy_captured, rel=1e-3)
