@@ -261,8 +261,8 @@ def test_released_stage2_accepts_and_its_accept_path_follows_the_released_code(t
     target, the cloud rebuilt from the members that helped)."""
     lm, pert, task, records = _setup(tmp_path, GATE_UNSURE)
     config = CorpConfig.released(quantiles=(0.5,), betas=(1.0,), alphas=(-0.3,),
-                                 stage2_members=16, stage2_rounds=2, stage2_max_accept=2,
-                                 stage2_max_reject=2)
+                                 stage2_members=16, stage2_rounds=3, stage2_max_accept=2,
+                                 stage2_max_reject=1)
     base_probe = task(lm.model, task.splits()["val"][:16]).reward
     result = consolidate(pert, task, task.splits(), records, config)
     stage1 = _stage1(result)
@@ -282,6 +282,12 @@ def test_released_stage2_accepts_and_its_accept_path_follows_the_released_code(t
     norm = float(np.sqrt(step @ seed_gram(pert, gram_seeds) @ step))
     assert norm == pytest.approx(first["line_search"] * first["step"], rel=1e-6)
     assert set(stage1_seeds) <= set(gram_seeds)
+    # round 1 is refused by its line search; with stage2_max_reject = 1 round 2 never runs
+    assert [d.accepted for d in rounds] == [True, False]
+    assert [d.detail["round"] for d in rounds] == [0, 1]
+    assert all(d.detail["procedure"] == "released" for d in rounds)
+    assert rounds[1].detail["why"] == "line search: probe LCB not > 0 or probe reward dropped"
+    assert "why" not in first
     if len(rounds) > 1:
         second = rounds[1].detail
         assert second["sigma"] == first["sigma"]  # halved only after a rejection
