@@ -52,8 +52,6 @@ def test_choose_rank_accepts_a_loss_inside_the_tolerance_and_refuses_one_outside
     script = _Scripted(lm.model, [exact, [1, 1, 1, 0, 0, 0, 0, 0]])
     choice = choose_rank(pert, update, factors, script, [1, 2])
     assert isinstance(choice, RankChoice) and choice.rank == 1
-    assert choice.to_json() == {"rank": 1, "exact_probe_reward": 0.5,
-                                "candidates": choice.candidates, "reason": choice.reason}
     assert choice.reason.startswith("rank 1: probe reward 0.3750 vs exact 0.5000")
     assert choice.candidates[0]["paired"]["n"] == 8 and choice.candidates[0]["within_tolerance"]
     # a loss of 2 of 8 (mean -0.25, SE 0.164) is outside at z = 1, at every rank
@@ -99,6 +97,13 @@ def test_choose_rank_stops_at_the_factors_rank_and_checks_its_ranks():
     for bad in ([], [0, 2], [-1]):
         with pytest.raises(ValueError, match=r"ranks must be integers >= 1, got"):
             choose_rank(pert, update, factors, _Scripted(lm.model, []), bad)
+
+
+def test_rank_choice_json_names_its_fields():
+    choice = RankChoice(None, 0.5, [{"rank": 4, "probe_reward": 0.25}], "no rank qualified")
+    assert choice.to_json() == {"rank": None, "exact_probe_reward": 0.5,
+                                "candidates": [{"rank": 4, "probe_reward": 0.25}],
+                                "reason": "no rank qualified"}
 
 
 def test_candidate_ranks():
