@@ -1,0 +1,166 @@
+"""Kill rate per module from a mutmut run, with every surviving mutant listed (issue 17).
+
+    pip install mutmut==3.8.1
+    mutmut run "corp.method.export*"          # or no argument: every module in [tool.mutmut]
+    python -m benchmarks.mutation_report benchmarks/results/mutation-corp.md
+
+A mutant that survives is either a gap in the tests (write the test, rerun the mutant:
+`mutmut run NAME`) or equivalent to the original code (no test can kill it). Equivalent
+mutants are listed with the reason in benchmarks/mutation-equivalent.json
+({"mutant name": "why no behaviour changes"}) and left out of the denominator:
+
+    kill rate = detected / (mutants tried - equivalent)
+
+where detected = killed by a failing test, or stopped by the time limit or a crash (the
+mutant changed behaviour: an infinite loop is a bug the tests noticed). A mutant that no test
+reaches ("no tests") counts as a survivor. Modules with mutants not yet tried are marked
+incomplete rather than given a rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+TARGET = 0.85
+EQUIVALENT_FILE = os.path.join("benchmarks", "mutation-equivalent.json")
+
+# mutmut's exit codes (mutmut.stats.status_by_exit_code, 3.8), grouped for the report
+KILLED = {1, 3}
+TIMEOUT_OR_CRASH = {36, -24, 24, 152, 255, -11, -9}
+SURVIVED = {0}
+NO_TESTS = {5, 33}
+
+
+@dataclass
+class ModuleStats:
+    path: str
+    tried: int = 0
+    not_tried: int = 0
+    detected: int = 0
+    survivors: list[str] = field(default_factory=list)  # survived or no tests, not equivalent
+    equivalent: list[str] = field(default_factory=list)
+    other: dict[str, int] = field(default_factory=dict)  # skipped, type check: not counted
+
+    @property
+    def partial_rate(self) -> float | None:
+        """The rate over the mutants tried so far (None when none was)."""
+        denominator = self.detected + len(self.survivors)
+        return self.detected / denominator if denominator else None
+
+    @property
+    def rate(self) -> float | None:
+        """The module's kill rate; None until every mutant has been tried."""
+        return None if self.not_tried else self.partial_rate
+
+
+def module_stats(path: str, exit_codes: dict[str, int | None],
+                 equivalent: dict[str, str]) -> ModuleStats:
+    stats = ModuleStats(path)
+    for name, code in sorted(exit_codes.items()):
+        if code is None:
+            stats.not_tried += 1
+            continue
+        stats.tried += 1
+        if code in KILLED or code in TIMEOUT_OR_CRASH:
+            stats.detected += 1
+        elif code in SURVIVED or code in NO_TESTS:
+            (stats.equivalent if name in equivalent else stats.survivors).append(name)
+        else:
+            stats.other[str(code)] = stats.other.get(str(code), 0) + 1
+    return stats
+
+
+def load_exit_codes(root: str, path: str) -> dict[str, int | None]:
+    meta = os.path.join(root, "mutants", path + ".meta")
+    if not os.path.exists(meta):
+        return {}
+    with open(meta) as f:
+        return json.load(f)["exit_code_by_key"]
+
+
+def configured_modules(root: str) -> list[str]:
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        return list(tomllib.load(f)["tool"]["mutmut"]["only_mutate"])
+
+
+def diff_of(root: str, name: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=root,
+                         capture_output=True, text=True)
+    text = out.stdout.strip()
+    # the header line repeats the name; keep the diff
+    return "\n".join(line for line in text.splitlines() if not line.startswith("# "))
+
+
+def render(stats: list[ModuleStats], equivalent: dict[str, str], diffs: dict[str, str],
+           header: str = "") -> str:
+    lines = ["# Mutation testing of corp/ (mutmut)", ""]
+    if header:
+        lines += [header, ""]
+    lines += [f"Target: at least {TARGET:.0%} of non-equivalent mutants detected per module.", "",
+              "| module | mutants | tried | detected | survived | equivalent | kill rate |",
+              "|---|---|---|---|---|---|---|"]
+    for s in stats:
+        total = s.tried + s.not_tried
+        if s.rate is not None:
+            rate = f"{s.rate:.1%}" + (" (below target)" if s.rate < TARGET else "")
+        elif s.partial_rate is not None:
+            rate = f"incomplete: {s.partial_rate:.1%} of the {s.tried} tried"
+        else:
+            rate = "incomplete"
+        lines.append(f"| {s.path} | {total} | {s.tried} | {s.detected} | {len(s.survivors)} | "
+                     f"{len(s.equivalent)} | {rate} |")
+    for s in stats:
+        if not (s.survivors or s.equivalent):
+            continue
+        lines += ["", f"## {s.path}", ""]
+        if s.survivors:
+            lines += [f"### Surviving ({len(s.survivors)}): gaps in the tests", ""]
+            for name in s.survivors:
+                lines += [f"- `{name}`", "", "```diff", diffs.get(name, "(diff not shown)"),
+                          "```", ""]
+        if s.equivalent:
+            lines += [f"### Equivalent ({len(s.equivalent)})", ""]
+            lines += [f"- `{name}`: {equivalent[name]}" for name in s.equivalent]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("output", help="the markdown report to write")
+    p.add_argument("--root", default=".", help="project root (holds mutants/ and pyproject.toml)")
+    p.add_argument("--header", default="", help="a paragraph for the top: machine, command, date")
+    p.add_argument("--no-diffs", action="store_true", help="skip `mutmut show` for survivors")
+    args = p.parse_args(argv)
+    eq_path = os.path.join(args.root, EQUIVALENT_FILE)
+    equivalent = json.load(open(eq_path)) if os.path.exists(eq_path) else {}
+    stats = [module_stats(m, load_exit_codes(args.root, m), equivalent)
+             for m in configured_modules(args.root)]
+    unknown = sorted(set(equivalent) - {n for s in stats for n in s.equivalent + s.survivors}
+                     - {n for m in configured_modules(args.root)
+                        for n in load_exit_codes(args.root, m)})
+    if unknown:  # a stale entry would silently excuse nothing; say so
+        print(f"warning: {len(unknown)} equivalent entries name no mutant: {unknown[:3]}",
+              file=sys.stderr)
+    diffs = {} if args.no_diffs else {n: diff_of(args.root, n)
+                                      for s in stats for n in s.survivors}
+    text = render(stats, equivalent, diffs, args.header)
+    tmp = args.output + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, args.output)
+    print(text.split("\n## ")[0])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
