@@ -297,3 +297,77 @@ def test_released_stage2_accepts_and_its_accept_path_follows_the_released_code(t
         assert second["cloud_members"] == round(first["members_helping"] * 16)
     with pert.inplace(result.update):
         assert task(lm.model, task.splits()["val"][:16]).reward > base_probe
+
+
+class _ScriptedScores(Consolidator):
+    """A Consolidator whose scores come from a script keyed by (split, is the current model, call
+    index), so that released Stage 2's decision rules can be checked on chosen numbers."""
+
+    def __init__(self, *args, script, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.script, self.calls = script, {}
+
+    def score(self, examples, member=None):
+        split = ("selection" if examples is self.selection else "gate" if examples is
+                 self.gate_half else "probe" if examples is self.probe else "other")
+        key = (split, member is None)
+        index = self.calls.get(key, 0)
+        self.calls[key] = index + 1
+        r = np.asarray(self.script(split, member is None, index), float)
+        return Scores(r, r >= 1, [None] * len(r))
+
+
+def test_released_stage2_chooses_the_best_passing_proposal_and_the_smallest_tied_step():
+    """Three proposals (step multipliers 0.5, 1, 2 of eta): by selection score P1 (x1) > P2 (x2) >
+    P0 (x0.5), but P1's gate score is exactly 0 (12 fixes, 6 regressions weighted 2) though its
+    paired LCB is > 0, so it does not pass: the choice is P2. Its line search finds the same
+    probe reward at every multiplier: ties go to the smallest (0.5)."""
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    n = 40
+
+    def ones(*ranges):
+        r = np.zeros(n)
+        for lo, hi in ranges:
+            r[lo:hi] = 1
+        return r
+
+    def script(split, current, i):
+        if split == "selection":
+            solved = (35, 40)  # the current model solves these 5; everyone keeps them
+            if current:
+                return ones(solved)
+            if i < 4:  # the local members: the first one fixes an example
+                return ones((0, 1), solved) if i == 0 else ones(solved)
+            return ones((0, {4: 1, 5: 3, 6: 2}[i]), solved)  # P0, P1, P2: 1, 3, 2 fixes
+        if split == "gate":
+            kept = (30, 40)  # the current model solves these 10
+            if current:
+                return ones(kept)
+            return ones((0, 12), (30, 34)) if i == 1 else ones((0, 10), kept)
+        if split == "probe":
+            return np.zeros(n) if current else ones((0, 10))
+        raise AssertionError(split)
+
+    examples = [Example(f"e{i}", "1") for i in range(2 * n)]
+    config = CorpConfig.released(quantiles=(0.5,), betas=(1.0,), stage2_members=4,
+                                 stage2_rounds=1)
+    cons = _ScriptedScores(pert, None, {"train": examples, "val": examples, "test": []}, config,
+                           progress=False, script=script)
+    seeds = [11, 12, 13, 14]
+    cloud = (seeds, np.eye(4) * SIGMA, np.full(4, 0.25))
+    eta = 0.5
+    update = cons.released_stage2(None, cloud, SIGMA, eta)
+    (decision,) = cons.decisions
+    d = decision.detail
+    assert decision.accepted and d["proposals"] == 3 and d["passing_gate"] == 2
+    assert d["step"] == pytest.approx(2.0 * eta)  # P2
+    assert d["selection_score"] == pytest.approx(2 / n)
+    assert d["gate_score"] == pytest.approx(10 / n) and d["gate"]["lcb"] > 0
+    assert d["line_search"] == 0.5
+    assert d["probe_reward"] == 0.25 and d["probe_reward_before"] == 0.0
+    assert d["members_helping"] == 0.25
+    # the committed update is P2 at half its step: norm 0.5 * 2 * eta
+    c = np.array(update.coeffs)
+    norm = float(np.sqrt(c @ seed_gram(pert, list(update.seeds)) @ c))
+    assert norm == pytest.approx(0.5 * 2.0 * eta, rel=1e-6)
