@@ -167,3 +167,28 @@ def test_choose_mode_by_device_and_size(monkeypatch):
     assert large.choose_mode(16, 8) == "population"  # on a GPU it won at 0.44B
     assert large.choose_mode(1, 8) == "inplace"
     assert large.choose_mode(16, 8, single_seed=False) == "inplace"
+
+
+def test_fused_and_population_modes_keep_the_linear_biases():
+    # Qwen2's q/k/v projections have biases, initialised to zero: with zeros, a fused forward
+    # that dropped them would still match. Give them values.
+    lm = build_tiny_model("qwen2", seed=5)
+    with torch.no_grad():
+        biased = [m for m in lm.model.modules()
+                  if isinstance(m, torch.nn.Linear) and m.bias is not None]
+        assert biased, "the tiny Qwen2 must have biased projections"
+        for i, m in enumerate(biased):
+            m.bias.copy_(torch.linspace(-1, 1, m.bias.numel()) * (1 + i % 3))
+    pert = Perturber(lm.model, PerturbationSpec())
+    ids = torch.randint(3, lm.codec.vocab_size, (2, 9), generator=torch.Generator().manual_seed(2))
+    members = [Member.single(s, 0.03) for s in (8, 9)]
+    alone = []
+    for member in members:
+        with pert.inplace(member):
+            alone.append(_logits(lm.model, ids))
+        with pert.fused(member):
+            torch.testing.assert_close(_logits(lm.model, ids), alone[-1], rtol=1e-4, atol=1e-4)
+    with pert.population(members):
+        together = _logits(lm.model, ids.repeat(len(members), 1))
+    for p in range(len(members)):
+        torch.testing.assert_close(together[2 * p:2 * p + 2], alone[p], rtol=1e-4, atol=1e-4)
