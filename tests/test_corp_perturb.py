@@ -192,3 +192,32 @@ def test_fused_and_population_modes_keep_the_linear_biases():
         together = _logits(lm.model, ids.repeat(len(members), 1))
     for p in range(len(members)):
         torch.testing.assert_close(together[2 * p:2 * p + 2], alone[p], rtol=1e-4, atol=1e-4)
+
+
+def test_choose_mode_boundaries_and_its_log_line(caplog):
+    pert = Perturber(build_tiny_model("llama", hidden=64, layers=2).model, PerturbationSpec())
+    n = pert.numel
+    with caplog.at_level("INFO", logger="corp"):
+        assert pert.choose_mode(2, 8) == "population"  # two members are already a population
+        assert pert.choose_mode(2, 8) == "population"  # logged once per mode
+        pert.numel = 4_000_000
+        assert pert.choose_mode(2, 8) == "population"  # exactly 8M weights x members: still
+        pert.numel = 4_000_001
+        assert pert.choose_mode(2, 8) == "inplace"
+        assert pert.choose_mode(1, 1) == "fused"  # one forward pass
+        assert pert.choose_mode(1, 2) == "inplace"  # two passes: generating noise twice loses
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("perturbation")]
+    assert lines == [
+        f"perturbation mode: population (2 members together, 8 forward calls each, {n} "
+        "perturbed weights)",
+        "perturbation mode: inplace (2 members together, 8 forward calls each, 4000001 "
+        "perturbed weights)",
+        "perturbation mode: fused (1 members together, 1 forward calls each, 4000001 "
+        "perturbed weights)"]
+    norms = Perturber(build_tiny_model("llama", hidden=64, layers=2).model,
+                      PerturbationSpec(include_norms=True))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="corp"):
+        assert norms.choose_mode(4, 1) == "inplace"  # norms are not nn.Linear: no fused mode
+    assert caplog.records[-1].getMessage().endswith(
+        "perturbed weights, not all nn.Linear weights)")
