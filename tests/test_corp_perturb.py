@@ -221,3 +221,20 @@ def test_choose_mode_boundaries_and_its_log_line(caplog):
         assert norms.choose_mode(4, 1) == "inplace"  # norms are not nn.Linear: no fused mode
     assert caplog.records[-1].getMessage().endswith(
         "perturbed weights, not all nn.Linear weights)")
+
+
+def test_fused_refusal_names_the_parameters_that_are_not_linear_weights():
+    lm = build_tiny_model("llama", layers=4)
+    pert = Perturber(lm.model, PerturbationSpec(include_norms=True))
+    others = [n for n, _ in pert.params if "norm" in n]
+    assert len(others) > 5
+    with pytest.raises(ValueError) as err:
+        with pert.fused(Member.single(1, 0.01)):
+            pass
+    assert str(err.value) == ("fused modes need every perturbed parameter to be an nn.Linear "
+                              f"weight; this spec also perturbs {others[:5]}")
+    with pytest.raises(ValueError) as err:
+        with Perturber(lm.model, PerturbationSpec()).population([Member((1, 2), (0.1, 0.1))]):
+            pass
+    assert str(err.value) == ("fused modes run single-seed members; use mode='inplace' for "
+                              "combinations of seeds")
