@@ -238,3 +238,21 @@ def test_fused_refusal_names_the_parameters_that_are_not_linear_weights():
             pass
     assert str(err.value) == ("fused modes run single-seed members; use mode='inplace' for "
                               "combinations of seeds")
+
+
+def test_run_picks_the_mode_it_is_given():
+    lm = build_tiny_model("llama", seed=3)
+    pert = Perturber(lm.model, PerturbationSpec())
+    ids = torch.randint(3, lm.codec.vocab_size, (2, 7), generator=torch.Generator().manual_seed(3))
+    member = Member.single(4, 0.05)
+    fp = state_fingerprint(lm.model)
+    with pert.run(member, "inplace"):
+        assert state_fingerprint(lm.model) != fp  # the weights themselves carry the member
+        inplace = _logits(lm.model, ids)
+    with pert.run(member, "fused"):
+        assert state_fingerprint(lm.model) == fp  # weights untouched: the forward adds the noise
+        torch.testing.assert_close(_logits(lm.model, ids), inplace, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError) as err:
+        pert.run(member, "population")
+    assert str(err.value) == ("mode must be 'inplace' or 'fused' for one member, got "
+                              "'population'")
