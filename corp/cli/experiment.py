@@ -16,6 +16,7 @@ Accuracy and mean reward carry 95% bootstrap intervals over test examples.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -164,6 +165,13 @@ def corp_rows(s, steps: Steps, procedure: str, corp_records, n_corp: int, t_corp
     name = f"CoRP {procedure} (N={n_corp})"
     rows = []
     if result.update is not None:
+        @functools.cache
+        def factors():
+            """The update's factors, computed once for the rank choice and the largest rank
+            (a randomized SVD of every layer: minutes on SmolLM2), and only if a step needs them."""
+            return low_rank_factors(s.perturber, result.update, cfg["max_rank"],
+                                    cfg["energy_fraction"])
+
         def exact():
             with s.perturber.inplace(result.update):
                 return _timed_scores(lambda: s.evaluator(s.model, test))
@@ -172,16 +180,14 @@ def corp_rows(s, steps: Steps, procedure: str, corp_records, n_corp: int, t_corp
                          got["seconds"], result.reason))
 
         def low_rank():
-            factors = low_rank_factors(s.perturber, result.update, cfg["max_rank"],
-                                       cfg["energy_fraction"])
             probe = probe_split(s.splits)
-            choice = choose_rank(s.perturber, result.update, factors,
+            choice = choose_rank(s.perturber, result.update, factors(),
                                  lambda model: s.evaluator(model, probe),
                                  candidate_ranks(cfg["max_rank"]), corp_cfg.gate_z)
             out = {"rank": choice.rank, "reason": choice.reason}
             if choice.rank is not None:
                 out.update(_timed_scores(lambda: score_with_factors(
-                    s.perturber, [f.truncated(choice.rank) for f in factors],
+                    s.perturber, [f.truncated(choice.rank) for f in factors()],
                     lambda model: s.evaluator(model, test))))
             return out
         low = steps.get(f"corp-{procedure}-lowrank", low_rank, own)
@@ -195,11 +201,9 @@ def corp_rows(s, steps: Steps, procedure: str, corp_records, n_corp: int, t_corp
             rows[-1]["note"] += f"; {low['reason']}"
 
             def largest_rank():
-                factors = low_rank_factors(s.perturber, result.update, cfg["max_rank"],
-                                           cfg["energy_fraction"])
-                r = min(max(candidate_ranks(cfg["max_rank"])), max(f.rank for f in factors))
+                r = min(max(candidate_ranks(cfg["max_rank"])), max(f.rank for f in factors()))
                 got = _timed_scores(lambda: score_with_factors(
-                    s.perturber, [f.truncated(r) for f in factors],
+                    s.perturber, [f.truncated(r) for f in factors()],
                     lambda model: s.evaluator(model, test)))
                 return {**got, "rank": r}
             got = steps.get(f"corp-{procedure}-lowrank-largest", largest_rank, own)
