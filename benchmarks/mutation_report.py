@@ -143,11 +143,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     eq_path = os.path.join(args.root, EQUIVALENT_FILE)
     equivalent = json.load(open(eq_path)) if os.path.exists(eq_path) else {}
-    stats = [module_stats(m, load_exit_codes(args.root, m), equivalent)
-             for m in configured_modules(args.root)]
-    unknown = sorted(set(equivalent) - {n for s in stats for n in s.equivalent + s.survivors}
-                     - {n for m in configured_modules(args.root)
-                        for n in load_exit_codes(args.root, m)})
+    codes = {m: load_exit_codes(args.root, m) for m in configured_modules(args.root)}
+    stats = [module_stats(m, c, equivalent) for m, c in codes.items()]
+    unknown = sorted(set(equivalent).difference(*codes.values()))
     if unknown:  # a stale entry would silently excuse nothing; say so
         print(f"warning: {len(unknown)} equivalent entries name no mutant: {unknown[:3]}",
               file=sys.stderr)
