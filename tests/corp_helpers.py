@@ -11,6 +11,19 @@ from corp.tasks import Example
 PLANTED_PARAM = "model.layers.0.mlp.up_proj.weight"
 
 
+def records_with_rewards(rewards, sigma: float = 0.01, first_seed: int = 1):
+    """A population log's records with the given mean train rewards, seeds first_seed, +1, ..."""
+    from corp.method.population import Record
+    return [Record(seed=first_seed + i, sigma=sigma, reward=r, accuracy=r, rewards=[r],
+                   correct=[r >= 1]) for i, r in enumerate(rewards)]
+
+
+def reward_scores(rewards) -> Scores:
+    """Scores of per-example rewards (correct = reward >= 1, no parsed answers)."""
+    r = np.asarray(rewards, float)
+    return Scores(r, r >= 1, [None] * len(r))
+
+
 class PlantedTask:
     """Weight-space task: example e is solved when the projection of the current update of one
     layer on a planted unit rank-1 direction P, in units of `scale`, exceeds the example's

@@ -28,7 +28,7 @@ from corp.method.perturb import Member, PerturbationSpec, Perturber, parameter_k
 from corp.method.population import member_seeds, search
 from corp.models import build_tiny_model, save_model
 from corp.tasks import AdditionTask, Example
-from corp_helpers import PLANTED_PARAM, PlantedTask
+from corp_helpers import PLANTED_PARAM, PlantedTask, reward_scores
 
 SIGMA = 0.01
 
@@ -313,8 +313,7 @@ class _ScriptedScores(Consolidator):
         key = (split, member is None)
         index = self.calls.get(key, 0)
         self.calls[key] = index + 1
-        r = np.asarray(self.script(split, member is None, index), float)
-        return Scores(r, r >= 1, [None] * len(r))
+        return reward_scores(self.script(split, member is None, index))
 
 
 def test_released_stage2_chooses_the_best_passing_proposal_and_the_smallest_tied_step():

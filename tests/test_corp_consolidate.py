@@ -16,8 +16,8 @@ from corp.method.consolidate import (ConsolidationResult, Consolidator, CorpConf
 from corp.models import build_tiny_model
 from corp.method.perturb import (Member, PerturbationSpec, Perturber, parameter_key,
                                  state_fingerprint)
-from corp.method.population import Record, member_seeds, search
-from corp_helpers import PLANTED_PARAM, PlantedTask
+from corp.method.population import member_seeds, search
+from corp_helpers import PLANTED_PARAM, PlantedTask, records_with_rewards
 
 SIGMA = 0.01
 
@@ -66,16 +66,11 @@ def test_gate_refuses_when_no_member_helps(tmp_path):
     assert result.decisions and not any(d.accepted for d in result.decisions)
 
 
-def _records(rewards):
-    return [Record(seed=i + 1, sigma=SIGMA, reward=r, accuracy=r, rewards=[r], correct=[r >= 1])
-            for i, r in enumerate(rewards)]
-
-
 def test_all_equal_rewards_return_the_base_model_with_a_reason(tmp_path):
     lm = build_tiny_model("llama")
     pert = Perturber(lm.model, PerturbationSpec(parameters=(PLANTED_PARAM,)))
     task = PlantedTask(lm.model, scale=SIGMA)
-    result = consolidate(pert, task, task.splits(), _records([0.5] * 6))
+    result = consolidate(pert, task, task.splits(), records_with_rewards([0.5] * 6, SIGMA))
     assert result.update is None and "same train reward" in result.reason
 
 
@@ -86,7 +81,7 @@ def test_bad_populations_give_clear_errors(rewards, match):
     pert = Perturber(lm.model, PerturbationSpec(parameters=(PLANTED_PARAM,)))
     task = PlantedTask(lm.model, scale=SIGMA)
     with pytest.raises(ValueError, match=match):
-        consolidate(pert, task, task.splits(), _records(rewards))
+        consolidate(pert, task, task.splits(), records_with_rewards(rewards, SIGMA))
 
 
 def test_two_pass_weights_use_exact_geometry():

@@ -6,23 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from corp.evaluate import Scores, TextEvaluator, left_pad
+from corp.evaluate import TextEvaluator, left_pad
 from corp.method.ensemble import majority_vote, member_answers, top_k, vote_scores
 from corp.method.perturb import Member, PerturbationSpec, Perturber
 from corp.method.population import Record
 from corp.models import build_tiny_model
 from corp.tasks import AdditionTask, Example
-
-
-def _records(rewards):
-    return [Record(seed=100 + i, sigma=0.01, reward=r, accuracy=r, rewards=[r], correct=[r >= 1])
-            for i, r in enumerate(rewards)]
+from corp_helpers import records_with_rewards
 
 
 # -- top_k ---------------------------------------------------------------------------------------
 
 def test_top_k_ranks_by_reward_and_breaks_ties_by_position():
-    recs = _records([0.2, 0.5, 0.5, 0.1, 0.9])
+    recs = records_with_rewards([0.2, 0.5, 0.5, 0.1, 0.9], first_seed=100)
     assert [r.seed for r in top_k(recs, 3)] == [104, 101, 102]  # 0.9, then the earlier 0.5
     assert [r.seed for r in top_k(recs, 5)] == [104, 101, 102, 100, 103]  # K = N is allowed
     assert [r.seed for r in top_k(recs, 1)] == [104]
@@ -31,7 +27,7 @@ def test_top_k_ranks_by_reward_and_breaks_ties_by_position():
 @pytest.mark.parametrize("k", [0, 6, -1, 2.0, True, "2", None])
 def test_top_k_refuses_a_bad_k_naming_it(k):
     with pytest.raises(ValueError, match=r"K must be an int in \[1, N=5\], got"):
-        top_k(_records([0.1] * 5), k)
+        top_k(records_with_rewards([0.1] * 5, first_seed=100), k)
 
 
 def test_top_k_refuses_an_empty_or_damaged_population():
@@ -39,7 +35,7 @@ def test_top_k_refuses_an_empty_or_damaged_population():
         top_k([], 1)
     with pytest.raises(ValueError, match=r"1 member\(s\) have a NaN or infinite reward \(seed 101 "
                                          r"first\): the population log is damaged; rerun"):
-        top_k(_records([0.1, float("nan"), 0.3]), 1)
+        top_k(records_with_rewards([0.1, float("nan"), 0.3], first_seed=100), 1)
 
 
 # -- majority_vote -------------------------------------------------------------------------------

@@ -9,18 +9,13 @@ import pytest
 import torch
 
 import corp_kernels as ck
-from corp.evaluate import Scores
 from corp.method.export import (LayerFactors, RankChoice, candidate_ranks, choose_rank,
                                 layer_factors, low_rank_factors, write_adapter)
 from corp.method.perturb import Member, PerturbationSpec, Perturber, parameter_key
 from corp.models import build_tiny_model
+from corp_helpers import reward_scores
 
 PARAM = "model.layers.0.mlp.down_proj.weight"
-
-
-def _scores(rewards):
-    r = np.asarray(rewards, float)
-    return Scores(r, r >= 1, [None] * len(r))
 
 
 class _Scripted:
@@ -33,7 +28,7 @@ class _Scripted:
     def __call__(self, model):
         assert model is self.model, "choose_rank must score the perturber's model"
         self.seen.append(dict(model.named_parameters())[PARAM].detach().clone())
-        return _scores(self.script.pop(0))
+        return reward_scores(self.script.pop(0))
 
 
 def _setup(max_rank=4):
