@@ -1,6 +1,7 @@
 """Population search log: resume after interruption, truncated lines, foreign logs; the ensemble."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -369,3 +370,285 @@ def test_a_complete_last_line_without_its_newline_is_kept(tmp_path):
     text = path.read_text()
     assert text.endswith("\n") and len(text.splitlines()) == 4
     assert len(read_log(str(path))[1]) == 3
+
+
+# -- the log's checks, message by message (each names the file, the line and what differs) ------
+
+def _fp(*entries):
+    from corp.method.population import fingerprint
+    return fingerprint(entries)
+
+
+def test_the_fingerprint_hash_is_a_known_answer():
+    # the header's hash is what two logs are compared by: it is the first 16 hex digits of the
+    # SHA-256 of the compact JSON of [[name, shape, dtype], ...] (checked with sha256sum)
+    fp = _fp(("w", (4, 4), torch.float32), ("b", (4,), "bfloat16"))
+    assert fp == {"sha256": "b2360a0e93d25cb6",
+                  "parameters": [["w", [4, 4], "float32"], ["b", [4], "bfloat16"]]}
+
+
+def test_fingerprint_differences_name_each_kind_of_difference():
+    from corp.method.population import fingerprint_differences
+    f32 = torch.float32
+    logged = _fp(("a", (2,), f32), ("b", (2,), f32), ("c", (3,), f32), ("d", (3,), f32))
+    actual = _fp(("b", (2,), f32), ("c", (4,), f32), ("d", (5,), torch.bfloat16),
+                 ("e", (1,), f32))
+    assert fingerprint_differences(logged, actual) == [
+        "1 logged parameters are not in the model, e.g. ['a']",
+        "1 of the model's parameters are not in the log, e.g. ['e']",
+        "2 parameters have other shapes: c [3] in the log, [4] in the model; "
+        "d [3] in the log, [5] in the model",
+        "1 parameters have other dtypes: d float32 in the log, bfloat16 in the model"]
+    assert fingerprint_differences(logged, actual, dtypes=False)[-1].startswith("2 parameters")
+    # two dtype differences are joined like the shapes
+    assert fingerprint_differences(_fp(("x", (1,), f32), ("y", (1,), f32)),
+                                   _fp(("x", (1,), torch.bfloat16), ("y", (1,), torch.float16))
+                                   ) == ["2 parameters have other dtypes: x float32 in the log, "
+                                         "bfloat16 in the model; y float32 in the log, float16 "
+                                         "in the model"]
+    # at most `limit` examples, 3 by default
+    many = _fp(*[(f"p{i}", (1,), f32) for i in range(6)])
+    assert fingerprint_differences(many, _fp()) == [
+        "6 logged parameters are not in the model, e.g. ['p0', 'p1', 'p2']"]
+    assert fingerprint_differences(many, _fp(), limit=1) == [
+        "6 logged parameters are not in the model, e.g. ['p0']"]
+    # the same parameters in another order; and the same fingerprint: nothing
+    swapped = _fp(("b", (2,), f32), ("a", (2,), f32), ("c", (3,), f32), ("d", (3,), f32))
+    assert fingerprint_differences(logged, swapped) == [
+        "the parameters are listed in another order"]
+    assert fingerprint_differences(logged, dict(logged)) == []
+    # a fingerprint without its parameter list (hand-edited): every parameter is new
+    assert fingerprint_differences({"sha256": "0" * 16}, _fp(("a", (2,), f32))) == [
+        "1 of the model's parameters are not in the log, e.g. ['a']"]
+    assert fingerprint_differences(_fp(("a", (2,), f32)), {"sha256": "0" * 16}) == [
+        "1 logged parameters are not in the model, e.g. ['a']"]
+    # ... or without its hash: the parameters are still compared, whichever side lacks it
+    two, three = _fp(("a", (2,), f32)), _fp(("a", (3,), f32))
+    assert fingerprint_differences({"parameters": two["parameters"]}, three) == [
+        "1 parameters have other shapes: a [2] in the log, [3] in the model"]
+    assert fingerprint_differences(two, {"parameters": three["parameters"]}) == [
+        "1 parameters have other shapes: a [2] in the log, [3] in the model"]
+
+
+def _refusal(found, expected):
+    from corp.method.population import check_header
+    with pytest.raises(PopulationLogError) as e:
+        check_header("/runs/pop.jsonl", found, expected)
+    message = str(e.value)
+    prefix, _, rest = message.partition(" was written by a different search (")
+    assert prefix == "/runs/pop.jsonl", message
+    return rest.rpartition("); use another --output-dir")[0]
+
+
+def test_check_header_names_every_difference():
+    base = {"model": "m", "sigmas": [0.01], "task": "math"}
+    # a key on one side only
+    assert _refusal(base, {**base, "extra": 1}) == "extra: '(absent)' in the log, 1 now"
+    assert _refusal({**base, "extra": 1}, base) == "extra: 1 in the log, '(absent)' now"
+    # keys are compared in sorted order, all of them (an equal key does not end the comparison)
+    assert _refusal(base, {**base, "task": "code", "sigmas": [0.02]}) == (
+        "sigmas: [0.01] in the log, [0.02] now; task: 'math' in the log, 'code' now")
+    # short lists in full; long ones (more than 8 entries together) by length and first difference
+    assert _refusal({"train": [1, 2]}, {"train": [1, 3]}) == (
+        "train: [1, 2] in the log, [1, 3] now")
+    assert _refusal({"train": [1, 2, 3, 4]}, {"train": [1, 2, 3, 5]}) == (
+        "train: [1, 2, 3, 4] in the log, [1, 2, 3, 5] now")  # 8 entries together: in full
+    assert _refusal({"train": [1, 2, 3, 4, 5]}, {"train": [1, 2, 3, 4]}) == (
+        "train: 5 entries in the log, 4 now, the first difference at index 4")
+    assert _refusal({"train": [0, 1, 2, 9, 4]}, {"train": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}) == (
+        "train: 5 entries in the log, 10 now, the first difference at index 3")
+    assert _refusal({"train": "abcdefghij"}, {"train": list("abcdefghij")}) == (
+        "train: 'abcdefghij' in the log, ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j'] now")
+    # a log with a fingerprint, a caller without one
+    fp = _fp(("w", (4, 4), torch.float32))
+    assert _refusal({**base, "fingerprint": fp}, base) == (
+        "the log has a model fingerprint, this caller none")
+    # a header difference and a shape difference: both named
+    wide = _fp(("w", (8, 4), torch.float32))
+    assert _refusal({**base, "fingerprint": fp}, {**base, "task": "code", "fingerprint": wide}) == (
+        "task: 'math' in the log, 'code' now; "
+        "1 parameters have other shapes: w [4, 4] in the log, [8, 4] in the model")
+    # a moved model folder does not end the comparison of the keys after "model"
+    assert _refusal({"model": "/a/m", "sigmas": [0.01], "fingerprint": fp},
+                    {"model": "/b/m", "sigmas": [0.02], "fingerprint": fp}) == (
+        "sigmas: [0.01] in the log, [0.02] now")
+
+
+def test_check_header_warnings_name_the_log_and_come_only_when_due(caplog):
+    from corp.method.population import check_header
+    fp32 = _fp(("w", (4, 4), torch.float32))
+    bf16 = _fp(("w", (4, 4), torch.bfloat16))
+    path = "/runs/pop.jsonl"
+    with caplog.at_level("WARNING", logger="corp"):
+        check_header(path, {"model": "m", "fingerprint": fp32}, {"model": "m", "fingerprint": fp32})
+        check_header(path, {"model": "m"}, {"model": "m"})  # neither has a fingerprint
+    assert caplog.records == []
+    with caplog.at_level("WARNING", logger="corp"):  # a moved folder and another dtype: both
+        check_header(path, {"model": "/a/m", "fingerprint": bf16},
+                     {"model": "/b/m", "fingerprint": fp32})
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: model: '/a/m' in the log, '/b/m' now (the same parameter names and shapes: the "
+        f"logged rewards are those of the model at '/a/m')",
+        f"{path}: 1 parameters have other dtypes: w bfloat16 in the log, float32 in the model"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="corp"):
+        check_header(path, {"model": "m"}, {"model": "m", "fingerprint": fp32})
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path} has no model fingerprint (written before corp recorded one): its model, task and "
+        f"parameter names match, but the parameters' shapes and dtypes cannot be checked"]
+
+
+def _log_lines_with(tmp_path, bad: dict | list):
+    """A log of one good member and `bad` as its third line."""
+    header = {"sigmas": [0.01, 0.02], "train": ["a", "b"]}
+    seed = member_seeds(1)[0]
+    good = Record(seed, member_sigma(seed, [0.01, 0.02]), 0.5, 0.5, [0.0, 1.0], [False, True])
+    path = tmp_path / "pop.jsonl"
+    path.write_text("\n".join([json.dumps({"header": header}), json.dumps(good.__dict__),
+                               json.dumps(bad)]) + "\n")
+    return str(path), good
+
+
+def _damage(tmp_path, bad) -> str:
+    path, _ = _log_lines_with(tmp_path, bad)
+    with pytest.raises(PopulationLogError) as e:
+        read_log(path)
+    message = str(e.value)
+    assert message.startswith(f"{path}:3: "), message
+    return message[len(f"{path}:3: "):].partition(". Delete that line")[0]
+
+
+def test_damaged_records_are_named_by_file_line_and_fault(tmp_path):
+    _, good = _log_lines_with(tmp_path, [])
+    fields = sorted(good.__dict__)
+    assert _damage(tmp_path, {"seed": 1}) == (
+        f"not a member record (fields ['seed'], expected {fields})")
+    assert _damage(tmp_path, [1, 2]) == f"not a member record (fields list, expected {fields})"
+    assert _damage(tmp_path, {**good.__dict__, "seed": "7"}) == "seed '7' is not an integer"
+    assert _damage(tmp_path, {**good.__dict__, "seed": True}) == "seed True is not an integer"
+    assert _damage(tmp_path, {**good.__dict__, "seed": 5, "reward": "high"}) == (
+        "member 5 has a reward that is not a number")
+    assert _damage(tmp_path, {**good.__dict__, "seed": 5, "rewards": [0.0, None]}) == (
+        "member 5 has a reward that is not a number")
+    other = 0.02 if member_sigma(5, [0.01, 0.02]) == 0.01 else 0.01
+    assert _damage(tmp_path, {**good.__dict__, "seed": 5, "sigma": other}) == (
+        f"member 5 has sigma {other}, but this search draws {member_sigma(5, [0.01, 0.02])} for "
+        f"it: the line comes from another search")
+
+
+def test_read_records_names_the_log_it_refuses(tmp_path):
+    header = {"sigmas": [0.01, 0.02], "train": ["a", "b"]}
+    seed = member_seeds(1)[0]
+    rec = Record(seed, member_sigma(seed, [0.01, 0.02]), 0.5, 0.5, [0.0, 1.0], [False, True])
+    log_path = tmp_path / "named.jsonl"
+    log_path.write_text(json.dumps({"header": header}) + "\n" + json.dumps(rec.__dict__) + "\n")
+    with pytest.raises(PopulationLogError, match=rf"^{log_path} was written by a different "
+                                                 rf"search \(sigmas: "):
+        read_records(str(log_path), {**header, "sigmas": [0.03]})
+    assert read_records(str(log_path), header) == {seed: rec}
+
+
+def test_a_truncated_last_line_is_cut_exactly_and_named(tmp_path, caplog):
+    header = {"sigmas": [0.01], "train": ["a"]}
+    path = str(tmp_path / "pop.jsonl")
+    _log_with_members(path, header, n=2)
+    with open(path) as f:
+        whole = f.read()
+    with open(path, "a") as f:
+        f.write('{"seed": 12, "sig')  # killed mid-write
+    with caplog.at_level("WARNING", logger="corp"):
+        PopulationLog(path, header).close()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: dropping a truncated last line (interrupted write)"]
+    with open(path) as f:
+        assert f.read() == whole  # the complete lines, byte for byte
+
+
+def test_a_record_keeps_every_score_of_its_member():
+    from corp.evaluate import Scores
+    scores = Scores(np.array([1.0, 0.25, 0.0, 1.0]), np.array([True, False, False, True]),
+                    ["7", None, "1", "7"])
+    rec = Record.from_scores(11, 0.02, scores)
+    assert rec == Record(11, 0.02, 0.5625, 0.5, [1.0, 0.25, 0.0, 1.0],
+                         [True, False, False, True])
+    assert [type(c) for c in rec.correct] == [bool] * 4  # JSON-serializable, not numpy bools
+    assert type(rec.rewards[0]) is float
+
+
+def test_odd_but_readable_logs(tmp_path):
+    header = {"sigmas": [0.01, 0.02], "train": ["a", "b"]}
+    path = tmp_path / "pop.jsonl"
+    # a header alone whose newline was lost: read, empty, nothing partial
+    path.write_text(json.dumps({"header": header}))
+    assert read_log(str(path)) == (header, [], False)
+    # a complete log: `partial` is False itself, not merely falsy
+    seed = member_seeds(1)[0]
+    rec = Record(seed, member_sigma(seed, [0.01, 0.02]), 0.5, 0.5, [0.0, 1.0], [False, True])
+    path.write_text(json.dumps({"header": header}) + "\n" + json.dumps(rec.__dict__) + "\n")
+    found, records, partial = read_log(str(path))
+    assert records == [rec] and partial is False
+
+
+def test_unreadable_lines_are_named_by_file_line_and_fault(tmp_path):
+    path = tmp_path / "pop.jsonl"
+    lines = [json.dumps({"header": {"k": 1}}).encode()]
+    path.write_bytes(b"\n".join(lines + [b'{"seed": "\xff\xfe"}']) + b"\n")
+    with pytest.raises(PopulationLogError) as e:
+        read_log(str(path))
+    assert str(e.value).startswith(f"{path}:2: not a JSON line (not UTF-8 text). Delete that line")
+    for first in ({"seed": 1}, [1, 2], {"header": [1]}):  # JSON, but not a header
+        path.write_text(json.dumps(first) + "\n")
+        with pytest.raises(PopulationLogError) as e:
+            read_log(str(path))
+        assert str(e.value) == (f"{path}:1: the first line is not a population log header; is "
+                                f"this a population log?")
+
+
+def test_the_writer_names_its_log_in_every_refusal(tmp_path):
+    path = str(tmp_path / "pop.jsonl")
+    PopulationLog(path, {"k": 1}).close()
+    with pytest.raises(PopulationLogError) as e:
+        PopulationLog(path, {"k": 2})
+    assert str(e.value).startswith(f"{path} was written by a different search (k: 1 in the log, "
+                                   f"2 now)")
+    pop_log = PopulationLog(path, {"k": 1})
+    bad = Record(5, 0.01, float("inf"), 0.5, [1.0], [True])
+    with pytest.raises(PopulationLogError) as e:
+        pop_log.add(bad)
+    assert str(e.value) == f"member 5: NaN or infinite reward, not logged to {path}"
+    pop_log.close()
+    with pytest.raises(PopulationLogError) as e:
+        pop_log.add(Record(5, 0.01, 0.5, 0.5, [1.0], [True]))
+    assert str(e.value) == f"{path} is closed"
+
+
+def test_a_deferred_header_is_written_with_the_first_record(tmp_path):
+    path = str(tmp_path / "pop.jsonl")
+    header = {"sigmas": [0.01], "train": ["a"]}
+    seeds = member_seeds(2)
+    recs = [Record(s, member_sigma(s, [0.01]), 0.5, 0.5, [0.5], [False]) for s in seeds]
+    with PopulationLog(path, header, defer_header=True) as pop_log:
+        assert not os.path.exists(path)  # nothing yet: a run that fails early leaves no log
+        pop_log.add(recs[0])
+        pop_log.add(recs[1])
+        with open(path) as f:  # flushed line by line, the header first
+            assert f.read().splitlines() == [json.dumps({"header": header}),
+                                             json.dumps(recs[0].__dict__),
+                                             json.dumps(recs[1].__dict__)]
+    assert read_log(path) == (header, recs, False)
+
+
+def test_check_rewards_refuses_any_non_finite_reward_naming_five_members():
+    from corp.method.population import check_rewards
+    with pytest.raises(ValueError, match=r"^the population is empty: run `corp search` first$"):
+        check_rewards([])
+    fine = Record(1, 0.01, 0.5, 0.5, [0.0, 1.0], [False, True])
+    check_rewards([fine])
+    # a finite mean over a non-finite example reward is still refused
+    with pytest.raises(ValueError, match=r"^members \[2\] have NaN or infinite rewards"):
+        check_rewards([fine, Record(2, 0.01, 0.5, 0.5, [float("nan"), 1.0], [False, True])])
+    with pytest.raises(ValueError, match=r"^members \[2\] have NaN or infinite rewards"):
+        check_rewards([fine, Record(2, 0.01, float("inf"), 0.5, [0.0, 1.0], [False, True])])
+    many = [Record(s, 0.01, float("nan"), 0.5, [0.0], [False]) for s in range(10, 17)]
+    with pytest.raises(ValueError, match=r"^members \[10, 11, 12, 13, 14\] have NaN"):
+        check_rewards(many)
