@@ -14,13 +14,22 @@ mutants are listed with the reason in benchmarks/mutation-equivalent.json
 where detected = killed by a failing test, or stopped by the time limit or a crash (the
 mutant changed behaviour: an infinite loop is a bug the tests noticed). A mutant that no test
 reaches ("no tests") counts as a survivor. Modules with mutants not yet tried are marked
-incomplete rather than given a rate.
+incomplete rather than given a rate, unless they were tried on a random sample:
+
+    python -m benchmarks.mutation_report OUT.md --sample benchmarks/mutation-sample-analysis.txt
+
+A sample file lists mutant names drawn uniformly at random (without replacement) from one
+module's mutants; that module's row then counts those mutants only and gives the kill rate as an
+estimate with its 95% Wilson interval (finite-population corrected). Mutants of the module run
+outside the sample (e.g. survivors rerun after a new test) are left out of its row, so that the
+estimate stays a random sample's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -50,6 +59,7 @@ class ModuleStats:
     survivors: list[str] = field(default_factory=list)  # survived or no tests, not equivalent
     equivalent: list[str] = field(default_factory=list)
     other: dict[str, int] = field(default_factory=dict)  # skipped, type check: not counted
+    population: int | None = None  # all of the module's mutants, when `tried` is a sample
 
     @property
     def partial_rate(self) -> float | None:
@@ -60,12 +70,30 @@ class ModuleStats:
     @property
     def rate(self) -> float | None:
         """The module's kill rate; None until every mutant has been tried."""
-        return None if self.not_tried else self.partial_rate
+        return None if self.not_tried or self.population else self.partial_rate
+
+    def interval(self, z: float = 1.96) -> tuple[float, float] | None:
+        """95% Wilson interval of a sampled module's kill rate, with the finite-population
+        correction (the sample is drawn without replacement from `population` mutants)."""
+        n = self.detected + len(self.survivors)
+        if not self.population or not n:
+            return None
+        k = self.population - len(self.equivalent) * self.population / max(self.tried, 1)
+        fpc = math.sqrt(max(k - n, 0) / max(k - 1, 1))  # k: estimated non-equivalent mutants
+        p, zz = self.detected / n, (z * fpc) ** 2
+        centre = (p + zz / (2 * n)) / (1 + zz / n)
+        half = math.sqrt(p * (1 - p) / n + zz / (4 * n * n)) * z * fpc / (1 + zz / n)
+        return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def module_stats(path: str, exit_codes: dict[str, int | None],
-                 equivalent: dict[str, str]) -> ModuleStats:
+                 equivalent: dict[str, str], sample: set[str] | None = None) -> ModuleStats:
+    """Counts over the module's mutants, or over those in `sample` (a random sample of them)."""
     stats = ModuleStats(path)
+    if sample is not None and sample & set(exit_codes):
+        chosen = sample & set(exit_codes)
+        stats.population = len(exit_codes)
+        exit_codes = {name: code for name, code in exit_codes.items() if name in chosen}
     for name, code in sorted(exit_codes.items()):
         if code is None:
             stats.not_tried += 1
@@ -110,8 +138,13 @@ def render(stats: list[ModuleStats], equivalent: dict[str, str], diffs: dict[str
               "| module | mutants | tried | detected | survived | equivalent | kill rate |",
               "|---|---|---|---|---|---|---|"]
     for s in stats:
-        total = s.tried + s.not_tried
-        if s.rate is not None:
+        total = s.population or s.tried + s.not_tried
+        if s.population and s.partial_rate is not None and not s.not_tried:
+            lo, hi = s.interval()
+            rate = (f"{s.partial_rate:.1%} [{lo:.1%}, {hi:.1%}], random sample of {s.tried} of "
+                    f"{s.population}" + (" (below target)" if hi < TARGET else
+                                         " (target inside the interval)" if lo < TARGET else ""))
+        elif s.rate is not None:
             rate = f"{s.rate:.1%}" + (" (below target)" if s.rate < TARGET else "")
         elif s.partial_rate is not None:
             rate = f"incomplete: {s.partial_rate:.1%} of the {s.tried} tried"
@@ -140,11 +173,18 @@ def main(argv=None) -> int:
     p.add_argument("--root", default=".", help="project root (holds mutants/ and pyproject.toml)")
     p.add_argument("--header", default="", help="a paragraph for the top: machine, command, date")
     p.add_argument("--no-diffs", action="store_true", help="skip `mutmut show` for survivors")
+    p.add_argument("--sample", action="append", default=[], metavar="FILE",
+                   help="mutant names drawn at random from one module (one per line); that "
+                        "module's row counts them only, with a 95%% interval")
     args = p.parse_args(argv)
+    sample: set[str] = set()
+    for path in args.sample:
+        with open(path) as f:
+            sample |= {line.strip() for line in f if line.strip()}
     eq_path = os.path.join(args.root, EQUIVALENT_FILE)
     equivalent = json.load(open(eq_path)) if os.path.exists(eq_path) else {}
     codes = {m: load_exit_codes(args.root, m) for m in configured_modules(args.root)}
-    stats = [module_stats(m, c, equivalent) for m, c in codes.items()]
+    stats = [module_stats(m, c, equivalent, sample or None) for m, c in codes.items()]
     unknown = sorted(set(equivalent).difference(*codes.values()))
     if unknown:  # a stale entry would silently excuse nothing; say so
         print(f"warning: {len(unknown)} equivalent entries name no mutant: {unknown[:3]}",

@@ -44,3 +44,40 @@ def test_report_file(tmp_path):
     assert "| pkg/a.py | 2 | 2 | 1 | 1 | 0 | 50.0% (below target) |" in text
     assert "| pkg/b.py | 0 | 0 | 0 | 0 | 0 | incomplete |" in text
     assert "`pkg.a.f__mutmut_2`" in text
+
+
+def test_a_sampled_module_is_an_estimate_over_its_sample_only():
+    from benchmarks.mutation_report import ModuleStats
+    codes = {f"m.f__mutmut_{i}": None for i in range(1000)}
+    sample = {f"m.f__mutmut_{i}" for i in range(0, 1000, 5)}  # 200 of 1000
+    for i, name in enumerate(sorted(sample)):
+        codes[name] = 0 if i < 20 else 1  # 180 of 200 detected
+    codes["m.f__mutmut_1"] = 0  # a survivor outside the sample (rerun later): not counted
+    s = module_stats("m.py", codes, {}, sample)
+    assert (s.population, s.tried, s.detected, len(s.survivors)) == (1000, 200, 180, 20)
+    assert s.rate is None and s.partial_rate == 0.9
+    lo, hi = s.interval()
+    # Wilson with the finite-population correction sqrt((1000-200)/999): narrower than without
+    plain = ModuleStats("m.py", tried=200, detected=180, survivors=["x"] * 20, population=10**9)
+    plo, phi = plain.interval()
+    assert 0.85 < plo < lo < 0.9 < hi < phi < 0.94
+    assert abs(plo - 0.8506) < 1e-3 and abs(phi - 0.9343) < 1e-3  # Wilson 180/200, z = 1.96
+    # a module none of whose mutants is in the sample is counted whole
+    assert module_stats("n.py", {"n.g__mutmut_1": 1}, {}, sample).population is None
+
+
+def test_report_of_a_sample(tmp_path):
+    root = tmp_path
+    (root / "pyproject.toml").write_text('[tool.mutmut]\nonly_mutate = ["pkg/a.py"]\n')
+    os.makedirs(root / "mutants" / "pkg")
+    codes = {f"pkg.a.f__mutmut_{i}": None for i in range(100)}
+    codes.update({f"pkg.a.f__mutmut_{i}": 1 for i in range(40)})
+    codes["pkg.a.f__mutmut_0"] = 0
+    (root / "mutants" / "pkg" / "a.py.meta").write_text(json.dumps({"exit_code_by_key": codes}))
+    (root / "sample.txt").write_text("\n".join(f"pkg.a.f__mutmut_{i}" for i in range(40)) + "\n")
+    out = root / "report.md"
+    assert main([str(out), "--root", str(root), "--no-diffs", "--sample",
+                 str(root / "sample.txt")]) == 0
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| pkg/a.py"))
+    assert row.startswith("| pkg/a.py | 100 | 40 | 39 | 1 | 0 | 97.5% [")
+    assert row.endswith("], random sample of 40 of 100 |")
