@@ -222,3 +222,76 @@ def test_large_layers_use_a_randomized_subspace_and_streamed_noise():
     torch.testing.assert_close(streamed, stacked, rtol=1e-5, atol=1e-5)
     expected = ck.weighted_noise_sum(SHAPE, keys, coeffs[2].tolist())
     torch.testing.assert_close(stacked[2], expected, rtol=1e-4, atol=1e-4)
+
+
+def _row(**kw):
+    from corp.method.analysis import OverlapRow
+    base = dict(space="weight", name="model.layers.0.self_attn.q_proj.weight", rank=4,
+                dims=(48, 32), members_per_half=100, overlap=0.5, null_mean=0.1, null_q95=0.2,
+                chance=4 / 48, p_value=0.004, permutations=200, min_effect=0.4,
+                low_rank_share=0.8, full_rank_share=0.3, p_low_rank=0.01, p_adjusted=0.008,
+                p_low_rank_adjusted=0.02, correction="bh", alpha=0.05, family_size=2)
+    return OverlapRow(**{**base, **kw})
+
+
+def test_the_figure_shows_each_rows_numbers_and_verdicts(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    nan = float("nan")
+    rows = [_row(),  # reproducible, low rank tested
+            _row(name="model.layers.1.mlp.up_proj.weight", overlap=0.02, null_mean=0.03,
+                 null_q95=0.05, p_value=0.4, min_effect=1.3, p_adjusted=nan, p_low_rank=nan,
+                 p_low_rank_adjusted=nan, chance=4 / 64),  # powerless: unadjusted p only
+            _row(space="example", name="examples", rank=1, dims=(3, 9), overlap=nan,
+                 null_mean=nan, null_q95=nan, p_value=nan, min_effect=0.25, p_adjusted=nan,
+                 p_low_rank=nan, p_low_rank_adjusted=nan, low_rank_share=nan, chance=1 / 3)]
+    drawn = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (drawn.append(fig), close(fig)))
+    path = str(tmp_path / "a.png")
+    assert figure(rows, path) == path
+    fig, = drawn
+    width = max(7, 0.6 * 3 + 3)
+    assert tuple(fig.get_size_inches()) == pytest.approx((width, 6.5))
+    assert Image.open(path).size == (round(width * 120), round(6.5 * 120))  # dpi 120
+    top, bottom = fig.axes[:2]
+    x = np.arange(3)
+    observed, null = [c for c in top.containers if type(c).__name__ == "BarContainer"][:2]
+    np.testing.assert_allclose([b.get_x() + b.get_width() / 2 for b in observed], x - 0.2)
+    np.testing.assert_allclose([b.get_height() for b in observed], [0.5, 0.02, nan])
+    np.testing.assert_allclose([b.get_x() + b.get_width() / 2 for b in null], x + 0.2)
+    np.testing.assert_allclose([b.get_height() for b in null], [0.1, 0.03, nan])
+    assert [b.get_width() for b in observed] == pytest.approx([0.4] * 3)
+    # the null's bar reaches from its mean to its 95th percentile
+    segments = null.errorbar.lines[2][0].get_segments()
+    np.testing.assert_allclose([s[:, 1] for s in segments[:2]], [[0.1, 0.2], [0.03, 0.05]])
+    chance = next(c for c in top.collections if len(c.get_offsets()) == 3)
+    np.testing.assert_allclose(chance.get_offsets(), np.c_[x, [r.chance for r in rows]])
+    notes = {t.get_text(): t.xy for t in top.texts}
+    assert notes == {"p adj 0.008 *": (0, pytest.approx(0.5 * 1.15)),
+                     "p 0.400\n(powerless)": (1, pytest.approx(0.05 * 1.15))}
+    assert top.get_yscale() == "log" and top.get_ylabel() == "top-r subspace overlap"
+    assert top.get_title() == ("Split-half reproducibility (permutation p, BH-adjusted) and "
+                               "low-rank share")
+    assert [t.get_text() for t in top.get_legend().get_texts()] == [
+        "chance r/dim", "observed halves", "null mean (bar: 95th pct)"]
+    shares, reference = bottom.containers[:2]
+    np.testing.assert_allclose([b.get_height() for b in shares], [0.8, 0, 0])
+    np.testing.assert_allclose([b.get_height() for b in reference], [0.3, 0, 0])
+    np.testing.assert_allclose([b.get_x() + b.get_width() / 2 for b in reference], x + 0.2)
+    assert [(t.get_text(), t.xy) for t in bottom.texts] == [
+        ("not tested:\nnot reproducible", (1, 0.5)), ("not tested:\nnot reproducible", (2, 0.5))]
+    assert bottom.get_ylim() == (0, 1.1)
+    assert bottom.get_ylabel() == "share of shared energy in rank r"
+    assert [t.get_text() for t in bottom.get_legend().get_texts()] == [
+        "low-rank share g_r", "full-rank signal, same strength"]
+    assert list(bottom.get_xticks()) == [0, 1, 2]
+    assert [t.get_text() for t in bottom.get_xticklabels()] == [
+        "L0.self_attn.q_proj\nmin effect ρ 0.4", "L1.mlp.up_proj\nmin effect ρ 1.3",
+        "examples\nmin effect λ² 0.25"]
+    assert top.get_shared_x_axes().joined(top, bottom)
+    # Holm is named as such; an empty figure draws without rows
+    figure([_row(correction="holm")], path)
+    assert drawn[-1].axes[0].get_title().startswith(
+        "Split-half reproducibility (permutation p, Holm-adjusted)")
+    assert tuple(drawn[-1].get_size_inches()) == pytest.approx((7, 6.5))
