@@ -652,3 +652,145 @@ def test_check_rewards_refuses_any_non_finite_reward_naming_five_members():
     many = [Record(s, 0.01, float("nan"), 0.5, [0.0], [False]) for s in range(10, 17)]
     with pytest.raises(ValueError, match=r"^members \[10, 11, 12, 13, 14\] have NaN"):
         check_rewards(many)
+
+
+# -- the search loop with a scripted perturber and evaluator (no model) ---------------------------
+
+class _StubPerturber:
+    """Records which members run, how (population groups, one at a time) and which mode was
+    asked for; `current` is the member(s) whose forward would run now."""
+
+    model = "the model"
+
+    def __init__(self, mode="population"):
+        self.mode, self.events, self.current = mode, [], []
+
+    def choose_mode(self, member_count, forward_calls):
+        self.events.append(("choose", member_count, forward_calls))
+        return self.mode
+
+    def population(self, group):
+        import contextlib
+        self.events.append(("population", [m.seeds[0] for m in group]))
+        self.current = list(group)
+        return contextlib.nullcontext()
+
+    def run(self, member, mode):
+        import contextlib
+        self.events.append((mode, member.seeds[0]))
+        self.current = [member]
+        return contextlib.nullcontext()
+
+
+def _seed_reward(seed: int) -> float:
+    return (seed % 7) / 7
+
+
+class _StubEvaluator:
+    """Each member's reward is a function of its seed: a record with another member's scores
+    is visible."""
+
+    forward_calls = 3
+
+    def __init__(self, pert, n_examples=2):
+        self.pert, self.n = pert, n_examples
+
+    def _scores(self, member):
+        from corp.evaluate import Scores
+        r = np.full(self.n, _seed_reward(member.seeds[0]))
+        return Scores(r, r >= 0.5, [None] * self.n)
+
+    def __call__(self, model, examples):
+        assert model == "the model" and len(examples) == self.n
+        (member,) = self.pert.current
+        return self._scores(member)
+
+    def population(self, model, examples, n):
+        assert model == "the model" and n == len(self.pert.current)
+        return [self._scores(m) for m in self.pert.current]
+
+
+def test_search_runs_every_member_once_in_population_groups_and_logs_its_own_scores(tmp_path):
+    seeds = member_seeds(5)
+    pert = _StubPerturber("population")
+    records = search(pert, _StubEvaluator(pert), ["a", "b"], seeds, [0.01, 0.02],
+                     str(tmp_path / "pop.jsonl"), {"k": 1}, population_batch=2, progress=False)
+    # mode "auto" by default: chosen for a group of population_batch members (or fewer)
+    assert pert.events == [("choose", 2, 3), ("population", seeds[:2]), ("population", seeds[2:4]),
+                           ("fused", seeds[4])]  # a group of one runs fused
+    assert [r.seed for r in records] == seeds
+    assert [r.reward for r in records] == [_seed_reward(s) for s in seeds]
+    assert [r.sigma for r in records] == [member_sigma(s, [0.01, 0.02]) for s in seeds]
+    # the default batch is 16; in place, members run one by one in in-place mode
+    pert = _StubPerturber("inplace")
+    search(pert, _StubEvaluator(pert), ["a", "b"], seeds, [0.01], str(tmp_path / "b.jsonl"),
+           {"k": 1}, progress=False)
+    assert pert.events == [("choose", 5, 3)] + [("inplace", s) for s in seeds]
+    pert = _StubPerturber()
+    search(pert, _StubEvaluator(pert), ["a", "b"], member_seeds(20), [0.01],
+           str(tmp_path / "c.jsonl"), {"k": 1}, mode="population", progress=False)
+    assert [len(e[1]) for e in pert.events] == [16, 4]
+
+
+def test_search_shows_progress_and_says_when_it_resumes(tmp_path, capsys, caplog):
+    path = str(tmp_path / "pop.jsonl")
+    seeds = member_seeds(5)
+    pert = _StubPerturber("inplace")
+    with caplog.at_level("INFO", logger="corp"):
+        search(pert, _StubEvaluator(pert), ["a", "b"], seeds[:2], [0.01], path, {"k": 1})
+    assert "resuming" not in caplog.text  # nothing to resume
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("members: 100%") and " 2/2 " in bar and "member" in bar.split("[")[-1]
+    pert = _StubPerturber("inplace")
+    with caplog.at_level("INFO", logger="corp"):
+        search(pert, _StubEvaluator(pert), ["a", "b"], seeds, [0.01], path, {"k": 1})
+    assert f"resuming: 2 of 5 members already in {path}" in caplog.text
+    assert pert.events[1:] == [("inplace", s) for s in seeds[2:]]
+    lines = capsys.readouterr().err.replace("\r", "\n").split("\n")
+    counts = [line.split("|")[2].split()[0] for line in lines if line.startswith("members:")]
+    assert counts[0] == "2/5" and counts[-1] == "5/5"  # starts at the logged members
+    assert search(pert, _StubEvaluator(pert), ["a", "b"], seeds, [0.01], path, {"k": 1},
+                  progress=False) and capsys.readouterr().err == ""
+
+
+def test_member_record_refusals_name_the_task_the_example_and_its_prompt():
+    from corp.evaluate import Scores
+    from corp.method.population import member_record
+    from corp.method.perturb import Member
+
+    class Task:
+        name = "math"
+
+    class Evaluator:
+        task = Task()
+
+    member = Member.single(7, 0.01)
+    scores = Scores(np.array([1.0, float("nan"), float("inf")]), np.zeros(3, bool), [None] * 3)
+    long_prompt = "q" * 150 + "r" * 150
+    examples = [Example("p0", "1"), Example(long_prompt, "2"), Example("p2", "3")]
+    with pytest.raises(ValueError) as e:
+        member_record(member, scores, Evaluator(), examples)
+    assert str(e.value).startswith(
+        f"task 'math' gave reward nan to train example 1 (prompt {long_prompt[:200]!r}) for "
+        f"member 7 (2 of 3 examples non-finite)")
+    # no task: the evaluator's type names it; plain strings are their own prompts
+    with pytest.raises(ValueError, match=r"^task 'object' gave reward nan to train example 1 "
+                                         r"\(prompt 'two'\)"):
+        member_record(member, scores, object(), ["one", "two", "three"])
+    # a reward that is not a number at all (None) is refused the same way
+    bad = Scores(np.array([1.0, None, 0.0], dtype=object), np.zeros(3, bool), [None] * 3)
+    with pytest.raises(ValueError, match=r"gave reward nan to train example 1"):
+        member_record(member, bad, Evaluator(), examples)
+    with pytest.raises(ValueError, match=r"^the evaluator returned 3 rewards for 2 train "
+                                         r"examples \(member 7\)$"):
+        member_record(member, scores, Evaluator(), examples[:2])
+    ok = Scores(np.array([1, 0, 1]), np.array([True, False, True]), [None] * 3)
+    assert member_record(member, ok, Evaluator(), examples) == Record(
+        7, 0.01, 2 / 3, 2 / 3, [1.0, 0.0, 1.0], [True, False, True])
+
+
+def test_the_writer_lock_is_the_log_path_plus_lock(tmp_path):
+    path = str(tmp_path / "pop.jsonl")
+    with PopulationLog(path, {"k": 1}):
+        assert os.path.exists(path + ".lock")
+    assert sorted(os.listdir(tmp_path)) == ["pop.jsonl", "pop.jsonl.lock"]
