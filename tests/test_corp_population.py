@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -536,6 +537,19 @@ def test_damaged_records_are_named_by_file_line_and_fault(tmp_path):
         f"it: the line comes from another search")
 
 
+def test_the_sigma_a_search_draws_is_named_for_the_lines_seed(tmp_path):
+    # among 100 sigmas, the one named is the seed's own (another seed's would rarely coincide)
+    sigmas = [round(0.001 * k, 3) for k in range(1, 101)]
+    header = {"sigmas": sigmas, "train": ["a"]}
+    path = tmp_path / "pop.jsonl"
+    line = {"seed": 5, "sigma": 7.0, "reward": 0.5, "accuracy": 0.5, "rewards": [0.5],
+            "correct": [False]}
+    path.write_text(json.dumps({"header": header}) + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(PopulationLogError, match=rf"but this search draws "
+                                                 rf"{member_sigma(5, sigmas)} for it"):
+        read_log(str(path))
+
+
 def test_read_records_names_the_log_it_refuses(tmp_path):
     header = {"sigmas": [0.01, 0.02], "train": ["a", "b"]}
     seed = member_seeds(1)[0]
@@ -740,7 +754,8 @@ def test_search_shows_progress_and_says_when_it_resumes(tmp_path, capsys, caplog
         search(pert, _StubEvaluator(pert), ["a", "b"], seeds[:2], [0.01], path, {"k": 1})
     assert "resuming" not in caplog.text  # nothing to resume
     bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
-    assert bar.startswith("members: 100%") and " 2/2 " in bar and "member" in bar.split("[")[-1]
+    assert bar.startswith("members: 100%") and " 2/2 " in bar
+    assert re.search(r"(member/s|s/member)\]$", bar), bar  # the unit is a member
     pert = _StubPerturber("inplace")
     with caplog.at_level("INFO", logger="corp"):
         search(pert, _StubEvaluator(pert), ["a", "b"], seeds, [0.01], path, {"k": 1})
@@ -794,3 +809,64 @@ def test_the_writer_lock_is_the_log_path_plus_lock(tmp_path):
     with PopulationLog(path, {"k": 1}):
         assert os.path.exists(path + ".lock")
     assert sorted(os.listdir(tmp_path)) == ["pop.jsonl", "pop.jsonl.lock"]
+
+
+def test_iter_member_scores_defaults():
+    from corp.method.population import iter_member_scores
+    from corp.method.perturb import Member
+
+    class NoForwardCount(_StubEvaluator):
+        forward_calls = property(lambda self: (_ for _ in ()).throw(AttributeError))
+
+    one = [Member.single(3, 0.01)]
+    pert = _StubPerturber("inplace")
+    out = list(iter_member_scores(pert, NoForwardCount(pert), ["a", "b"], one))
+    # mode "auto" by default; one member asks for a batch of one; an evaluator without
+    # forward_calls is taken to make one forward call per example batch
+    assert pert.events == [("choose", 1, 1), ("inplace", 3)]
+    assert [m for m, _ in out] == one and out[0][1].reward == _seed_reward(3)
+    members = [Member.single(s, 0.01) for s in member_seeds(20)]
+    pert = _StubPerturber("population")
+    list(iter_member_scores(pert, _StubEvaluator(pert), ["a", "b"], members))
+    assert pert.events[0] == ("choose", 16, 3)  # population_batch 16 by default
+    assert [len(e[1]) for e in pert.events[1:]] == [16, 4]
+
+
+def test_member_seeds_refuses_what_is_not_a_positive_int():
+    for bad in (0, -3, 2.5, True, "4", None):
+        with pytest.raises(ValueError, match=rf"^population size must be an int >= 1, got "
+                                             rf"{re.escape(repr(bad))}$"):
+            member_seeds(bad)
+    assert len(set(member_seeds(300))) == 300
+
+
+def test_reopening_a_log_with_a_deferred_header_appends_to_it(tmp_path):
+    # a distributed search defers the header of a new log; an existing log must be appended to,
+    # never rewritten from a header
+    path = str(tmp_path / "pop.jsonl")
+    header = {"sigmas": [0.01], "train": ["a"]}
+    _log_with_members(path, header, n=2)
+    before = read_log(path)[1]
+    extra = member_seeds(3)[2]
+    with PopulationLog(path, header, defer_header=True) as pop_log:
+        assert set(pop_log.records) == {r.seed for r in before}
+        pop_log.add(Record(extra, member_sigma(extra, [0.01]), 0.25, 0.0, [0.25], [False]))
+    assert [r.seed for r in read_log(path)[1]] == [r.seed for r in before] + [extra]
+
+
+def test_closing_twice_and_a_refused_writer_leave_no_error_behind(tmp_path, monkeypatch):
+    import gc
+    import sys
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    path = str(tmp_path / "pop.jsonl")
+    pop_log = PopulationLog(path, {"k": 1})
+    pop_log.close()
+    pop_log.close()  # idempotent
+    with PopulationLog(path, {"k": 1}) as holder:
+        with pytest.raises(PopulationLogError, match="being written by another process"):
+            PopulationLog(path, {"k": 1})  # refused in its constructor: no lock to release
+        gc.collect()
+        assert holder.records == {}
+    gc.collect()
+    assert unraisable == []  # nothing raised in __del__
