@@ -295,3 +295,158 @@ def test_the_figure_shows_each_rows_numbers_and_verdicts(tmp_path, monkeypatch):
     assert drawn[-1].axes[0].get_title().startswith(
         "Split-half reproducibility (permutation p, Holm-adjusted)")
     assert tuple(drawn[-1].get_size_inches()) == pytest.approx((7, 6.5))
+
+
+# -- split_half: the family, the layers and the arguments it hands each row ------------------------
+
+def _two_layer_perturber():
+    from corp.method.perturb import PerturbationSpec, Perturber
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    # a 1-D parameter among the perturbed ones: split-half tests 2-D layers only
+    return Perturber(model, PerturbationSpec(parameters=("0.weight", "0.bias", "1.weight")))
+
+
+def _records(n=8, examples=6, seed=0):
+    from corp.method.population import Record
+    rng = np.random.default_rng(seed)
+    seeds = member_seeds(n, seed)
+    out = []
+    for i, s in enumerate(seeds):
+        r = (rng.random(examples) < 0.3 + 0.05 * i).astype(float)
+        out.append(Record(s, 0.01 * (1 + i % 2), float(r.mean()), float(r.mean()), list(r),
+                          list(r >= 1)))
+    return out
+
+
+def _expected_rows(records, base, rank, permutations, seed, alpha, correction):
+    from corp.method.analysis import _halves, correct
+    halves = _halves(len(records), seed)
+    seeds = [r.seed for r in records]
+    sigmas = np.array([r.sigma for r in records])
+    rewards = np.array([r.reward for r in records])
+    rows = [weight_space_row(name, shape, seeds, sigmas, rewards, halves, rank, permutations,
+                             seed) for name, shape in (("0.weight", (4, 4)), ("1.weight", (2, 4)))]
+    change = np.array([r.rewards for r in records]) - np.asarray(base)[None, :]
+    rows.append(example_space_row(change, halves, rank, permutations, seed))
+    return correct(rows, alpha, correction, seed)
+
+
+def _same_rows(got, expected):
+    assert [(r.space, r.name, r.rank, r.permutations, r.family_size) for r in got] == \
+        [(r.space, r.name, r.rank, r.permutations, r.family_size) for r in expected]
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal([g.overlap, g.p_value, g.p_adjusted, g.null_mean],
+                                      [e.overlap, e.p_value, e.p_adjusted, e.null_mean])
+
+
+def test_split_half_tests_each_2d_layer_and_the_reward_changes_as_one_family(caplog):
+    from corp.method.analysis import split_half, weight_min_effect
+    pert = _two_layer_perturber()
+    records = _records()
+    base = np.array([1.0, 0.0, 0.0, 1.0, 0.0, 1.0])
+    # 8 members, 4 per half: the 4 x 4 layer's min effect is exactly 1 (no effect of any size is
+    # detectable), the 2 x 4 layer's is below 1: the family is that layer and the example space
+    assert weight_min_effect((4, 4), 4) == 1.0 and weight_min_effect((2, 4), 4) < 1
+    with caplog.at_level("INFO", logger="corp"):
+        rows = split_half(pert, records, base, rank=2, permutations=200, seed=3, alpha=0.005,
+                          correction="bh")
+    n_perm = math.ceil(2 / 0.005) - 1  # 399: 1 / (1 + P) <= alpha / family
+    assert f"split-half: {n_perm} permutations (not 200) so that a bh correction over 2 rows " \
+           f"can reject at alpha 0.005" in caplog.text
+    _same_rows(rows, _expected_rows(records, base, 2, n_perm, 3, 0.005, "bh"))
+    assert rows[0].family_size == 2 and rows[-1].dims[1] == 6
+    # the defaults: rank 4, 200 permutations, seed 0, Holm at alpha 0.05
+    _same_rows(split_half(pert, records, base),
+               _expected_rows(records, base, 4, 200, 0, 0.05, "holm"))
+    # `layers` picks by name
+    assert [r.name for r in split_half(pert, records, base, layers=["1.weight"])] == [
+        "1.weight", "examples"]
+
+
+def test_split_half_refuses_too_few_members_or_permutations():
+    from corp.method.analysis import split_half
+    pert = _two_layer_perturber()
+    with pytest.raises(ValueError, match=r"^split-half analysis needs at least 4 members, got 3$"):
+        split_half(pert, _records(3), np.zeros(6))
+    with pytest.raises(ValueError, match=r"^permutations must be >= 200 \(p >= 1/\(1\+P\)\), "
+                                         r"got 199$"):
+        split_half(pert, _records(), np.zeros(6), permutations=199)
+
+
+def test_permutations_for_and_subspace_overlap_known_answers():
+    from corp.method.analysis import subspace_overlap
+    assert permutations_for(3, 0.05, 500) == 500  # more were asked for: more are run
+    assert permutations_for(3, 0.05, 10) == 200
+    assert permutations_for(30, 0.05, 10) == 599
+    e = np.eye(4)
+    assert subspace_overlap(e[:, :2], e[:, [0, 2]]) == pytest.approx(0.5)
+    assert subspace_overlap(e[:, :2], e[:, [1, 0]]) == pytest.approx(1.0)
+    assert subspace_overlap(e[:, :1], e[:, 1:3]) == pytest.approx(0.0)
+    assert subspace_overlap(e[:, :2], e[:, :1]) == pytest.approx(1.0)  # r: the smaller rank
+
+
+def test_the_table_row_by_row_and_its_legend():
+    nan = float("nan")
+    rows = [_row(),
+            _row(name="model.layers.1.mlp.up_proj.weight", overlap=0.02, null_mean=0.03,
+                 null_q95=0.05, p_value=0.4, min_effect=1.3, p_adjusted=nan, p_low_rank=nan,
+                 p_low_rank_adjusted=nan, full_rank_share=nan),
+            _row(name="model.layers.2.mlp.down_proj.weight", p_low_rank_adjusted=0.3,
+                 p_value=0.0004, p_adjusted=0.0008),
+            _row(space="example", name="examples", rank=1, dims=(3, 9), overlap=nan,
+                 null_mean=nan, null_q95=nan, p_value=nan, min_effect=0.25, p_adjusted=nan,
+                 p_low_rank=nan, p_low_rank_adjusted=nan, low_rank_share=nan,
+                 full_rank_share=nan)]
+    md = table(rows).split("\n")
+    assert md[0] == ("| space | layer | r | overlap | null mean (95th pct) | p | p adj (BH) | "
+                     "reproducible | low-rank share (full-rank ref.) | p low-rank adj | low rank | "
+                     "min effect | verdict |")
+    assert md[2:6] == [
+        "| weight | model.layers.0.self_attn.q_proj.weight | 4 | 0.500 | 0.100 (0.200) | 0.004 | "
+        "0.008 | yes | 0.800 (0.300) | 0.020 | yes | ρ ≥ 0.40 | reproducible, low rank |",
+        "| weight | model.layers.1.mlp.up_proj.weight | 4 | 0.020 | 0.030 (0.050) | 0.400 | — | "
+        "no | 0.800 (—) | — | — | ρ ≥ 1.30 | no (could not have shown it at this N) |",
+        "| weight | model.layers.2.mlp.down_proj.weight | 4 | 0.500 | 0.100 (0.200) | 4.0e-04 | "
+        "8.0e-04 | yes | 0.800 (0.300) | 0.300 | no | ρ ≥ 0.40 | reproducible, not low rank |",
+        "| example | examples (3 of 9 vary) | 1 | — | — (—) | — | — | no | — (—) | — | — | "
+        "λ² ≥ 0.250 | untestable |"]
+    assert md[6] == ""
+    assert md[7] == (
+        "p: permutation p-value, 200 permutations (weight space: rewards permuted across "
+        "members; example space: each example's column permuted across members). p adj: BH over "
+        "the 2 rows of one analysis that could show an effect (per task in an experiment; rows "
+        "with ρ ≥ 1 are left out: —); reproducible = p adj <= 0.05. r: the analysis rank, at "
+        "most a quarter of the varying examples in the example space. Low-rank share: the part "
+        "of the halves' shared signal energy carried by their rank-r approximations (a ratio of "
+        "two estimates: where nothing is reproducible it is noise and may fall outside [0, 1]); "
+        "full-rank ref.: its median for an isotropic Gaussian signal of the same strength and "
+        "noise; tested only where reproducible (p adj over those rows). Min effect (power): "
+        "smallest planted effect the split halves can detect at this N and shape; weight space: "
+        "correlation ρ between reward and a member's noise along each of r planted directions, "
+        "(m n)^(1/4)/sqrt(members per half), ρ ≥ 1 means no effect of any size; example space: "
+        "share λ² of each varying example's reward-change variance explained by a planted "
+        "common factor.")
+    assert len(md) == 8
+    assert table(rows, legend=False).split("\n") == md[:6]
+    holm = table([_row(correction="holm")], legend=False)
+    assert holm.startswith("| space | layer | r | overlap | null mean (95th pct) | p | "
+                           "p adj (Holm) |")
+    assert table([], legend=True).split("\n")[0].endswith("| p adj (Holm) | reproducible | "
+                                                          "low-rank share (full-rank ref.) | p "
+                                                          "low-rank adj | low rank | min effect "
+                                                          "| verdict |")
+    assert len(table([]).split("\n")) == 2
+
+
+def test_a_rows_json_carries_its_verdicts():
+    data = _row().to_json()
+    assert {k: data[k] for k in ("reproducible", "low_rank", "structured", "powered",
+                                 "verdict")} == {"reproducible": True, "low_rank": True,
+                                                 "structured": True, "powered": True,
+                                                 "verdict": "reproducible, low rank"}
+    data = _row(min_effect=1.5, p_adjusted=0.5, p_low_rank_adjusted=float("nan")).to_json()
+    assert (data["reproducible"], data["low_rank"], data["structured"], data["powered"]) == (
+        False, False, False, False)
+    assert data["verdict"] == "no (could not have shown it at this N)"
+    assert data["p_value"] == 0.004 and "_reference" not in data
