@@ -7,9 +7,12 @@
 A mutant that survives is either a gap in the tests (write the test, rerun the mutant:
 `mutmut run NAME`) or equivalent to the original code (no test can kill it). Equivalent
 mutants are listed with the reason in benchmarks/mutation-equivalent.json
-({"mutant name": "why no behaviour changes"}) and left out of the denominator:
+({"mutant name": "why no behaviour changes"}) and left out of the denominator. So are cosmetic
+ones, whose reason starts with "cosmetic:" (a figure's font size, colour, legend placement or text
+rotation: what the figure shows, its values, positions, labels and notes, is tested); they get a
+column of their own, so that a reader sees how many were set aside that way:
 
-    kill rate = detected / (mutants tried - equivalent)
+    kill rate = detected / (mutants tried - equivalent - cosmetic)
 
 where detected = killed by a failing test, or stopped by the time limit or a crash (the
 mutant changed behaviour: an infinite loop is a bug the tests noticed). A mutant that no test
@@ -58,6 +61,7 @@ class ModuleStats:
     detected: int = 0
     survivors: list[str] = field(default_factory=list)  # survived or no tests, not equivalent
     equivalent: list[str] = field(default_factory=list)
+    cosmetic: list[str] = field(default_factory=list)  # a figure's look only (see the docstring)
     other: dict[str, int] = field(default_factory=dict)  # skipped, type check: not counted
     population: int | None = None  # all of the module's mutants, when `tried` is a sample
 
@@ -78,7 +82,8 @@ class ModuleStats:
         n = self.detected + len(self.survivors)
         if not self.population or not n:
             return None
-        k = self.population - len(self.equivalent) * self.population / max(self.tried, 1)
+        set_aside = len(self.equivalent) + len(self.cosmetic)
+        k = self.population - set_aside * self.population / max(self.tried, 1)
         fpc = math.sqrt(max(k - n, 0) / max(k - 1, 1))  # k: estimated non-equivalent mutants
         p, zz = self.detected / n, (z * fpc) ** 2
         centre = (p + zz / (2 * n)) / (1 + zz / n)
@@ -102,7 +107,12 @@ def module_stats(path: str, exit_codes: dict[str, int | None],
         if code in KILLED or code in TIMEOUT_OR_CRASH:
             stats.detected += 1
         elif code in SURVIVED or code in NO_TESTS:
-            (stats.equivalent if name in equivalent else stats.survivors).append(name)
+            if name not in equivalent:
+                stats.survivors.append(name)
+            elif equivalent[name].startswith("cosmetic:"):
+                stats.cosmetic.append(name)
+            else:
+                stats.equivalent.append(name)
         else:
             stats.other[str(code)] = stats.other.get(str(code), 0) + 1
     return stats
@@ -135,8 +145,9 @@ def render(stats: list[ModuleStats], equivalent: dict[str, str], diffs: dict[str
     if header:
         lines += [header, ""]
     lines += [f"Target: at least {TARGET:.0%} of non-equivalent mutants detected per module.", "",
-              "| module | mutants | tried | detected | survived | equivalent | kill rate |",
-              "|---|---|---|---|---|---|---|"]
+              "| module | mutants | tried | detected | survived | equivalent | cosmetic | "
+              "kill rate |",
+              "|---|---|---|---|---|---|---|---|"]
     for s in stats:
         total = s.population or s.tried + s.not_tried
         if s.population and s.partial_rate is not None and not s.not_tried:
@@ -151,9 +162,9 @@ def render(stats: list[ModuleStats], equivalent: dict[str, str], diffs: dict[str
         else:
             rate = "incomplete"
         lines.append(f"| {s.path} | {total} | {s.tried} | {s.detected} | {len(s.survivors)} | "
-                     f"{len(s.equivalent)} | {rate} |")
+                     f"{len(s.equivalent)} | {len(s.cosmetic)} | {rate} |")
     for s in stats:
-        if not (s.survivors or s.equivalent):
+        if not (s.survivors or s.equivalent or s.cosmetic):
             continue
         lines += ["", f"## {s.path}", ""]
         if s.survivors:
@@ -164,6 +175,10 @@ def render(stats: list[ModuleStats], equivalent: dict[str, str], diffs: dict[str
         if s.equivalent:
             lines += [f"### Equivalent ({len(s.equivalent)})", ""]
             lines += [f"- `{name}`: {equivalent[name]}" for name in s.equivalent]
+        if s.cosmetic:
+            lines += ["", f"### Cosmetic ({len(s.cosmetic)})", ""]
+            lines += [f"- `{name}`: {equivalent[name].removeprefix('cosmetic:').strip()}"
+                      for name in s.cosmetic]
     return "\n".join(lines).rstrip() + "\n"
 
 

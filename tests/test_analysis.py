@@ -262,12 +262,15 @@ def test_the_figure_shows_each_rows_numbers_and_verdicts(tmp_path, monkeypatch):
     np.testing.assert_allclose([b.get_x() + b.get_width() / 2 for b in null], x + 0.2)
     np.testing.assert_allclose([b.get_height() for b in null], [0.1, 0.03, nan])
     assert [b.get_width() for b in observed] == pytest.approx([0.4] * 3)
+    assert [b.get_width() for b in null] == pytest.approx([0.4] * 3)
     # the null's bar reaches from its mean to its 95th percentile
     segments = null.errorbar.lines[2][0].get_segments()
     np.testing.assert_allclose([s[:, 1] for s in segments[:2]], [[0.1, 0.2], [0.03, 0.05]])
     chance = next(c for c in top.collections if len(c.get_offsets()) == 3)
     np.testing.assert_allclose(chance.get_offsets(), np.c_[x, [r.chance for r in rows]])
     notes = {t.get_text(): t.xy for t in top.texts}
+    # each note sits centred above its bars (never across them)
+    assert {(t.get_ha(), t.get_va()) for t in top.texts} == {("center", "bottom")}
     assert notes == {"p adj 0.008 *": (0, pytest.approx(0.5 * 1.15)),
                      "p 0.400\n(powerless)": (1, pytest.approx(0.05 * 1.15))}
     assert top.get_yscale() == "log" and top.get_ylabel() == "top-r subspace overlap"
@@ -279,6 +282,7 @@ def test_the_figure_shows_each_rows_numbers_and_verdicts(tmp_path, monkeypatch):
     np.testing.assert_allclose([b.get_height() for b in shares], [0.8, 0, 0])
     np.testing.assert_allclose([b.get_height() for b in reference], [0.3, 0, 0])
     np.testing.assert_allclose([b.get_x() + b.get_width() / 2 for b in reference], x + 0.2)
+    assert [b.get_width() for b in shares + reference] == pytest.approx([0.4] * 6)
     assert [(t.get_text(), t.xy) for t in bottom.texts] == [
         ("not tested:\nnot reproducible", (1, 0.5)), ("not tested:\nnot reproducible", (2, 0.5))]
     assert bottom.get_ylim() == (0, 1.1)
@@ -295,6 +299,8 @@ def test_the_figure_shows_each_rows_numbers_and_verdicts(tmp_path, monkeypatch):
     assert drawn[-1].axes[0].get_title().startswith(
         "Split-half reproducibility (permutation p, Holm-adjusted)")
     assert tuple(drawn[-1].get_size_inches()) == pytest.approx((7, 6.5))
+    figure([_row()] * 10, path)  # wider with more rows: 0.6 inch each plus 3
+    assert tuple(drawn[-1].get_size_inches()) == pytest.approx((9, 6.5))
 
 
 # -- split_half: the family, the layers and the arguments it hands each row ------------------------
@@ -450,3 +456,18 @@ def test_a_rows_json_carries_its_verdicts():
         False, False, False, False)
     assert data["verdict"] == "no (could not have shown it at this N)"
     assert data["p_value"] == 0.004 and "_reference" not in data
+
+
+def test_p_value_format_and_an_integer_reward_change():
+    from corp.method.analysis import _fmt, _fmt_p
+    assert (_fmt_p(0.001), _fmt_p(0.00099), _fmt_p(0.5), _fmt_p(float("nan"))) == (
+        "0.001", "9.9e-04", "0.500", "—")
+    assert (_fmt(0.12345), _fmt(0.12345, 1), _fmt(float("nan")), _fmt(None)) == (
+        "0.123", "0.1", "—", "—")
+    # rewards of 0/1 tasks come as integers: the same row as their float values
+    rng = np.random.default_rng(0)
+    change = (rng.random((20, 6)) < 0.5).astype(int) - (rng.random(6) < 0.5).astype(int)
+    halves = _halves(20, 0)
+    a = example_space_row(change, halves, 1, 200)
+    b = example_space_row(change.astype(float), halves, 1, 200)
+    assert (a.overlap, a.p_value, a.null_mean) == (b.overlap, b.p_value, b.null_mean)

@@ -41,8 +41,8 @@ def test_report_file(tmp_path):
     out = root / "report.md"
     assert main([str(out), "--root", str(root), "--no-diffs"]) == 0
     text = out.read_text()
-    assert "| pkg/a.py | 2 | 2 | 1 | 1 | 0 | 50.0% (below target) |" in text
-    assert "| pkg/b.py | 0 | 0 | 0 | 0 | 0 | incomplete |" in text
+    assert "| pkg/a.py | 2 | 2 | 1 | 1 | 0 | 0 | 50.0% (below target) |" in text
+    assert "| pkg/b.py | 0 | 0 | 0 | 0 | 0 | 0 | incomplete |" in text
     assert "`pkg.a.f__mutmut_2`" in text
 
 
@@ -79,5 +79,15 @@ def test_report_of_a_sample(tmp_path):
     assert main([str(out), "--root", str(root), "--no-diffs", "--sample",
                  str(root / "sample.txt")]) == 0
     row = next(line for line in out.read_text().splitlines() if line.startswith("| pkg/a.py"))
-    assert row.startswith("| pkg/a.py | 100 | 40 | 39 | 1 | 0 | 97.5% [")
+    assert row.startswith("| pkg/a.py | 100 | 40 | 39 | 1 | 0 | 0 | 97.5% [")
     assert row.endswith("], random sample of 40 of 100 |")
+
+
+def test_cosmetic_mutants_are_set_aside_in_a_column_of_their_own():
+    codes = {"m.f__mutmut_1": 1, "m.f__mutmut_2": 0, "m.f__mutmut_3": 0, "m.f__mutmut_4": 0}
+    reasons = {"m.f__mutmut_2": "cosmetic: a label's font size",
+               "m.f__mutmut_3": "the same value either way"}
+    s = module_stats("m.py", codes, reasons)
+    assert (s.cosmetic, s.equivalent, s.survivors) == (["m.f__mutmut_2"], ["m.f__mutmut_3"],
+                                                       ["m.f__mutmut_4"])
+    assert s.rate == 1 / 2
