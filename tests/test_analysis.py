@@ -471,3 +471,156 @@ def test_p_value_format_and_an_integer_reward_change():
     a = example_space_row(change, halves, 1, 200)
     b = example_space_row(change.astype(float), halves, 1, 200)
     assert (a.overlap, a.p_value, a.null_mean) == (b.overlap, b.p_value, b.null_mean)
+
+
+# -- the rows' statistics against their definitions ----------------------------------------------
+
+def _capture_overlaps(monkeypatch):
+    import corp.method.analysis as analysis
+    seen = []
+    original = analysis._overlaps
+
+    def spy(a, b):
+        out = original(a, b)
+        seen.append(out.numpy().copy())
+        return out
+    monkeypatch.setattr(analysis, "_overlaps", spy)
+    return seen
+
+
+def test_a_rows_numbers_are_its_observation_and_null(monkeypatch):
+    seen = _capture_overlaps(monkeypatch)
+    rng = np.random.default_rng(1)
+    n = 24
+    change = (rng.random((n, 10)) < 0.4).astype(float)
+    row = example_space_row(change, _halves(n, 0), 1, 200, seed=5)
+    (values,) = seen
+    assert len(values) == 201  # the observation, then the null
+    assert row.overlap == float(values[0])
+    assert row.null_mean == pytest.approx(float(values[1:].mean()), abs=0, rel=1e-12)
+    assert row.null_q95 == pytest.approx(float(np.quantile(values[1:], 0.95)), rel=1e-12)
+    assert row.p_value == permutation_p(values[0], values[1:])
+    seen.clear()
+    seeds = member_seeds(n, 0)
+    row = weight_space_row("w", (6, 5), seeds, np.full(n, SIGMA), rng.standard_normal(n),
+                           _halves(n, 0), 2, 200)
+    values = np.concatenate(seen)
+    assert len(values) == 201 and row.overlap == float(values[0])
+    assert row.null_mean == pytest.approx(float(values[1:].mean()), rel=1e-12)
+    assert row.null_q95 == pytest.approx(float(np.quantile(values[1:], 0.95)), rel=1e-12)
+    assert row.p_value == permutation_p(values[0], values[1:])
+
+
+def test_the_example_null_permutes_each_examples_column_across_members(monkeypatch):
+    taken = []
+    original = np.take_along_axis
+    monkeypatch.setattr(np, "take_along_axis",
+                        lambda a, i, axis: taken.append(original(a, i, axis)) or taken[-1])
+    rng = np.random.default_rng(2)
+    change = rng.standard_normal((30, 5))
+    example_space_row(change, _halves(30, 0), 1, 200, seed=1)
+    (null,) = taken
+    assert null.shape == (200, 30, 5)
+    observed = np.sort(change, axis=0)
+    for k in (0, 57, 199):  # every permutation keeps each column's values, in another order
+        np.testing.assert_array_equal(np.sort(null[k], axis=0), observed)
+    assert not np.array_equal(null[0], change)
+
+
+def test_rows_are_reproducible_and_their_defaults_are_seed_0():
+    rng = np.random.default_rng(3)
+    n = 20
+    change = rng.standard_normal((n, 6))
+    a = example_space_row(change, _halves(n, 0), 1, 200, seed=4)
+    b = example_space_row(change, _halves(n, 0), 1, 200, seed=4)
+    assert (a.overlap, a.null_mean, a.p_value) == (b.overlap, b.null_mean, b.p_value)
+    seeds = member_seeds(n, 0)
+    rewards = rng.standard_normal(n)
+    args = ("w", (6, 5), seeds, np.full(n, SIGMA), rewards, _halves(n, 0), 2, 200)
+    default, zero, one = (weight_space_row(*args, **kw) for kw in ({}, {"seed": 0},
+                                                                     {"seed": 1}))
+    assert (default.null_mean, default.p_value) == (zero.null_mean, zero.p_value)
+    assert default.null_mean != one.null_mean
+    # 0/1 rewards as booleans: the same row as their float values
+    hits = rewards > 0
+    a = weight_space_row("w", (6, 5), seeds, np.full(n, SIGMA), hits, _halves(n, 0), 2, 200)
+    b = weight_space_row("w", (6, 5), seeds, np.full(n, SIGMA), hits.astype(float),
+                         _halves(n, 0), 2, 200)
+    assert (a.overlap, a.null_mean, a.p_value) == (b.overlap, b.null_mean, b.p_value)
+
+
+def test_the_example_rows_rank_size_and_testability():
+    rng = np.random.default_rng(4)
+    change = rng.standard_normal((8, 40))  # 4 members per half, 40 varying examples
+    row = example_space_row(change, _halves(8, 0), 10, 200)
+    # r <= a quarter of the varying examples (10) and < members per half (4)
+    assert (row.rank, row.members_per_half, row.name, row.space) == (3, 4, "examples", "example")
+    assert row.dims == (40, 40) and row.chance == pytest.approx(3 / 40)
+    assert row.min_effect == pytest.approx(math.sqrt(10) / (40 + math.sqrt(10)))
+    small = example_space_row(rng.standard_normal((4, 8)), _halves(4, 0), 1, 200)
+    assert small.members_per_half == 2 and small.testable  # two members per half suffice
+    for untestable in (example_space_row(np.c_[rng.standard_normal(6), np.ones(6)],
+                                         _halves(6, 0), 1, 200),  # one varying example
+                       example_space_row(rng.standard_normal((3, 5)), _halves(3, 0), 1, 200)):
+        assert not untestable.testable
+        assert all(math.isnan(v) for v in (untestable.overlap, untestable.null_mean,
+                                           untestable.null_q95, untestable.low_rank_share))
+
+
+def test_the_example_rows_noise_level_per_off_diagonal_entry():
+    """The full-rank reference's noise for the example space, from its definition: each half's
+    off-diagonal correlation matrix A_h; noise variance per entry of A_h = (|A_h|^2 -
+    <A_1, A_2>) / p^2, over the p (p - 1) off-diagonal entries instead: times p / (p - 1)."""
+    rng = np.random.default_rng(5)
+    n, p = 40, 6
+    change = rng.standard_normal((n, p)) + 0.3 * rng.standard_normal((n, 1))
+    halves = _halves(n, 0)
+    row = example_space_row(change, halves, 1, 200)
+
+    def offdiag_corr(h):
+        x = change[h] - change[h].mean(axis=0)
+        x = x / np.sqrt((x ** 2).mean(axis=0))
+        c = x.T @ x / (len(h) - 1)
+        return c - np.diag(np.diag(c))
+
+    a1, a2 = offdiag_corr(halves[0]), offdiag_corr(halves[1])
+    shared = float((a1 * a2).sum())
+    _, symmetric, energy, v1, v2 = row._reference
+    assert symmetric and energy == pytest.approx(shared, rel=1e-9)
+    expected = [max(0.0, ((a ** 2).sum() - shared) / p ** 2) * p / (p - 1) for a in (a1, a2)]
+    assert min(expected) > 0  # a case the clamp at 0 does not decide
+    assert (v1, v2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_full_rank_reference_draws_what_it_says_in_bounded_chunks(monkeypatch):
+    import corp.method.analysis as analysis
+    from corp.method.analysis import _full_rank_reference
+    batches = []
+    original = analysis._low_rank_shares
+
+    def spy(a1, a2, r):
+        batches.append((a1.clone(), a2.clone()))
+        return original(a1, a2, r)
+    monkeypatch.setattr(analysis, "_low_rank_shares", spy)
+    m = n = 6
+    # memory for 3 draws at a time (6 float32 matrices of m x n each): 7 draws in 3 + 3 + 1
+    out = _full_rank_reference((m, n), True, 2.0, 1.0, 0.0, 2, 7, seed=9,
+                               memory_bytes=3 * 6 * 4 * m * n)
+    assert [len(a1) for a1, _ in batches] == [3, 3, 1] and out.shape == (7,)
+    for a1, a2 in batches:
+        signal = a2  # noise2 = 0: the second half is the signal itself
+        assert torch.allclose(signal, signal.transpose(-1, -2))  # symmetric ...
+        assert torch.all(signal.diagonal(dim1=-2, dim2=-1) == 0)  # ... with a zero diagonal
+        np.testing.assert_allclose(signal.square().sum((-1, -2)), 2.0, rtol=1e-5)  # energy
+    noise = torch.cat([a1 - a2 for a1, a2 in batches])  # noise1 = 1 per off-diagonal entry
+    off = noise[:, ~torch.eye(m, dtype=torch.bool)]
+    assert torch.allclose(noise, noise.transpose(-1, -2), atol=1e-6)
+    assert 0.75 < float(off.var()) < 1.3  # 7 x 30 entries: +-~0.2 at 2 sd
+    # the same seed, the same draws; all in one chunk when memory allows
+    again = _full_rank_reference((m, n), True, 2.0, 1.0, 0.0, 2, 7, seed=9,
+                                 memory_bytes=3 * 6 * 4 * m * n)
+    np.testing.assert_array_equal(out, again)
+    batches.clear()
+    _full_rank_reference((m, n), False, 2.0, 1.0, 0.5, 2, 7, seed=9)
+    assert [len(a1) for a1, _ in batches] == [7]
+    assert not torch.allclose(batches[0][1], batches[0][1].transpose(-1, -2))
