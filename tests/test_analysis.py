@@ -624,3 +624,118 @@ def test_the_full_rank_reference_draws_what_it_says_in_bounded_chunks(monkeypatc
     _full_rank_reference((m, n), False, 2.0, 1.0, 0.5, 2, 7, seed=9)
     assert [len(a1) for a1, _ in batches] == [7]
     assert not torch.allclose(batches[0][1], batches[0][1].transpose(-1, -2))
+
+
+def test_overlap_uses_the_smaller_rank_whichever_side_it_is_on():
+    from corp.method.analysis import subspace_overlap
+    e = np.eye(4)
+    assert subspace_overlap(e[:, :1], e[:, :2]) == pytest.approx(1.0)
+    assert subspace_overlap(e[:, :2], e[:, [0, 3]]) == pytest.approx(0.5)
+
+
+def test_the_randomized_subspace_is_deterministic_in_any_float_dtype():
+    g = torch.Generator().manual_seed(1)
+    m, n, r = 150, 140, 2
+    a = 4 * torch.randn(1, m, r, generator=g) @ torch.randn(1, r, n, generator=g) \
+        + torch.randn(1, m, n, generator=g)
+    first = _top_left_subspace(a, r)
+    torch.randn(5)  # the global generator moves: the sketch has its own
+    assert torch.equal(first, _top_left_subspace(a, r))
+    as64 = _top_left_subspace(a.double(), r)
+    assert as64.shape == (1, m, r)
+    assert float(torch.linalg.matrix_norm(first.transpose(-1, -2) @ as64).square() / r) > 0.99
+
+
+def test_weighted_sums_stream_within_the_memory_budget(monkeypatch):
+    calls = []
+    original = ck.gaussian_noise
+    monkeypatch.setattr(ck, "gaussian_noise", lambda shape, key: calls.append(key) or
+                        original(shape, key))
+    shape, numel = (6, 5), 30
+    keys = list(range(101, 111))  # 10 members
+    coeffs = np.random.default_rng(0).standard_normal((7, 10))
+    exact = coeffs @ np.stack([original((numel,), k).numpy() for k in keys])
+    per = 4 * numel
+
+    def run(memory):
+        calls.clear()
+        parts = list(_weighted_sums(shape, keys, coeffs, memory))
+        got = torch.cat([p.reshape(len(p), -1) for p in parts]).numpy()
+        np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-6)
+        return [len(p) for p in parts], list(calls)
+
+    # the noise fits half the budget: generated once, every chunk of rows one product
+    sizes, generated = run(40 * per)
+    assert sizes == [7] and generated == keys
+    sizes, generated = run(20 * per)  # 10 members fit in half; 5 rows per chunk
+    assert sizes == [5, 2] and generated == keys
+    # it does not fit: regenerated in blocks of (budget / 2) members for each chunk of rows
+    sizes, generated = run(8 * per)  # blocks of 4 members, chunks of 2 rows
+    assert sizes == [2, 2, 2, 1] and generated == keys * 4
+    sizes, generated = run(3 * per)  # the smallest: blocks of 1, one row at a time
+    assert sizes == [1] * 7 and generated == keys * 7
+
+
+def test_correct_tests_low_rank_on_the_reproducible_rows_with_their_own_seeds():
+    from corp.method.analysis import _full_rank_reference, correct
+    ref = ((6, 5), False, 0.5, 0.01, 0.02)
+    nan = float("nan")
+    untested = dict(p_low_rank=nan, full_rank_share=nan, min_effect=0.3, permutations=200)
+    rows = [_row(p_value=0.001, _reference=ref, low_rank_share=0.9, **untested),
+            _row(p_value=0.002, _reference=ref, low_rank_share=0.7, **untested),
+            _row(p_value=0.003, _reference=((6, 5), False, 0.0, 0.01, 0.02), **untested),
+            _row(p_value=0.5, _reference=ref, **untested)]
+    out = correct(rows, 0.05, "bh", seed=3, memory_bytes=1 << 20)
+    assert [r.reproducible for r in out] == [True, True, True, False]
+    for i in (0, 1):  # each row's reference has its own seed, seed * 7919 + row index
+        reference = _full_rank_reference((6, 5), False, 0.5, 0.01, 0.02, 4, 200, 3 * 7919 + i)
+        assert out[i].p_low_rank == permutation_p(out[i].low_rank_share, reference)
+        assert out[i].full_rank_share == float(np.median(reference))
+    assert out[2].p_low_rank == 1.0  # no shared energy: nothing to concentrate
+    assert math.isnan(out[3].p_low_rank)  # not reproducible: not tested
+    # the low-rank p-values are adjusted with the same correction (BH here)
+    np.testing.assert_array_equal([r.p_low_rank_adjusted for r in out[:3]],
+                                  adjust([r.p_low_rank for r in out[:3]], "bh"))
+    for alpha in (0, 1, 1.5):
+        with pytest.raises(ValueError, match=rf"^alpha must be in \(0, 1\), got {alpha}$"):
+            correct([_row()], alpha)
+
+
+def test_adjust_defaults_to_holm_and_keeps_nan_out():
+    p = [0.01, float("nan"), 0.04]
+    np.testing.assert_array_equal(adjust(p), adjust(p, "holm"))
+    np.testing.assert_allclose(adjust(p), [0.02, np.nan, 0.04])
+    assert np.isnan(adjust([float("nan")] * 2)).all()
+
+
+def test_ties_count_within_a_tolerance_relative_to_the_observation():
+    # |observed| <= 1: an absolute 1e-9; above 1, 1e-9 of the observation
+    assert permutation_p(0.5, np.array([0.5 - 0.9e-9])) == 1.0
+    assert permutation_p(0.5, np.array([0.5 - 1.5e-9])) == 0.5
+    assert permutation_p(10.0, np.array([10.0 - 5e-9])) == 1.0
+    assert permutation_p(10.0, np.array([10.0 - 2e-8])) == 0.5
+
+
+def test_weight_rows_definition_and_an_untestable_one():
+    """Delta_h = sum_i c_i eps_i with c_i = sigma_i (r_i - mean_h r) / n_h, from the module doc:
+    the row's shared energy is <Delta_1, Delta_2> of exactly that."""
+    from corp.method.perturb import parameter_key
+    n, shape = 12, (6, 5)
+    seeds = member_seeds(n, 1)
+    rng = np.random.default_rng(6)
+    rewards, sigmas = rng.standard_normal(n), rng.choice([0.01, 0.02], n)
+    halves = _halves(n, 0)
+    row = weight_space_row("w", shape, seeds, sigmas, rewards, halves, 2, 200)
+
+    def delta(h):
+        h = np.asarray(h)
+        c = sigmas[h] * (rewards[h] - rewards[h].mean()) / len(h)
+        return sum(float(ci) * ck.gaussian_noise(shape, parameter_key(seeds[i], "w")).double()
+                   for ci, i in zip(c, h))
+
+    d1, d2 = delta(halves[0]), delta(halves[1])
+    assert row._reference[2] == pytest.approx(float((d1 * d2).sum()), rel=1e-4)
+    assert (row.members_per_half, row.chance, row.rank) == (6, pytest.approx(2 / 6), 2)
+    flat = weight_space_row("w", shape, seeds, sigmas, np.ones(n), halves, 2, 200)
+    assert not flat.testable and math.isnan(flat.low_rank_share) and math.isnan(flat.p_value)
+    assert (flat.members_per_half, flat.chance) == (6, pytest.approx(2 / 6))
