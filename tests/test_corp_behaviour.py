@@ -370,3 +370,111 @@ def test_released_stage2_chooses_the_best_passing_proposal_and_the_smallest_tied
     c = np.array(update.coeffs)
     norm = float(np.sqrt(c @ seed_gram(pert, list(update.seeds)) @ c))
     assert norm == pytest.approx(0.5 * 2.0 * eta, rel=1e-6)
+
+
+# -- released Stage 2 over several rounds: when it stops, what it logs, what it skips ------------
+
+def _released_stage2_run(script, sigma=SIGMA, **config):
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    n = 40
+    examples = [Example(f"e{i}", "1") for i in range(2 * n)]
+    cfg = CorpConfig.released(**{"quantiles": (0.5,), "betas": (1.0,), "stage2_members": 4,
+                                 **config})
+    cons = _ScriptedScores(pert, None, {"train": examples, "val": examples, "test": []}, cfg,
+                           progress=False, script=lambda split, current, i: script(split, current))
+    cloud = ([11, 12, 13, 14], np.eye(4) * SIGMA, np.full(4, 0.25))
+    update = cons.released_stage2(None, cloud, sigma, 0.5)
+    return cons, update
+
+
+def _ones(n, *ranges):
+    r = np.zeros(n)
+    for lo, hi in ranges:
+        r[lo:hi] = 1
+    return r
+
+
+def _always_better(split, current):
+    """Every proposal fixes examples on every split; the current model solves none."""
+    n = 40
+    return np.zeros(n) if current else _ones(n, (0, {"selection": 5, "gate": 20,
+                                                    "probe": 10}[split]))
+
+
+def _never_better(split, current):
+    """Proposals and the current model solve the same examples."""
+    return _ones(40, (30, 40))
+
+
+def test_released_stage2_stops_after_max_accept_accepts(caplog):
+    with caplog.at_level("INFO", logger="corp"):
+        cons, update = _released_stage2_run(_always_better, stage2_rounds=5, stage2_max_accept=2)
+    assert [d.accepted for d in cons.decisions] == [True, True]
+    assert update is not None
+    assert "stage 2 (released) round 0: sigma 0.01, 3/3 proposals pass the gate -> accept" \
+        in caplog.text
+    cons, _ = _released_stage2_run(_always_better, stage2_rounds=5, stage2_max_accept=3)
+    assert len(cons.decisions) == 3
+
+
+def test_released_stage2_stops_after_max_reject_rejects_halving_sigma(caplog):
+    with caplog.at_level("INFO", logger="corp"):
+        cons, update = _released_stage2_run(_never_better, stage2_rounds=5, stage2_max_reject=2)
+    assert [d.accepted for d in cons.decisions] == [False, False] and update is None
+    assert [d.detail["sigma"] for d in cons.decisions] == [SIGMA, SIGMA / 2]
+    assert all(d.detail["why"] == "no proposal of the sweep passed the gate"
+               for d in cons.decisions)
+    assert "round 1: sigma 0.005, 0/3 proposals pass the gate -> reject" in caplog.text
+
+
+def test_released_stage2_gates_against_the_current_model_not_zero():
+    """One proposal per round: it keeps the 10 gate examples the current model solves and fixes
+    one more. Gate score 1/40 > 0, but the paired lower bound against the current model is
+    0.025 - 1.5 x 0.025 < 0: rejected. (Against a model that solves nothing it would pass.)"""
+    def script(split, current):
+        n = 40
+        if split == "gate":
+            return _ones(n, (30, 40)) if current else _ones(n, (0, 1), (30, 40))
+        return np.zeros(n) if current else _ones(n, (0, 5))
+    cons, update = _released_stage2_run(script, stage2_rounds=1, stage2_alphas=(1.0,),
+                                        gate_z=1.5)
+    (d,) = cons.decisions
+    assert d.detail["gate_score"] == pytest.approx(1 / 40)
+    assert d.detail["gate"]["mean_diff"] == pytest.approx(1 / 40)
+    assert d.detail["gate"]["lcb"] == pytest.approx(1 / 40 - 1.5 * 0.025)
+    assert not d.accepted and update is None
+
+
+def test_released_stage2_proposes_a_repeated_merge_once():
+    # the same (elite, weights) from two grid points is proposed once (x 3 step multipliers)
+    cons, _ = _released_stage2_run(_always_better, stage2_rounds=1, quantiles=(0.5, 0.5))
+    assert cons.decisions[0].detail["proposals"] == 3
+
+
+def test_the_released_configuration_is_the_released_codes():
+    cfg = CorpConfig.released()
+    assert (cfg.procedure, cfg.alpha_units, cfg.stage2_members, cfg.stage2_rounds,
+            cfg.stage2_max_accept, cfg.stage2_max_reject, cfg.stage2_alphas,
+            cfg.regression_weight, cfg.gate_z) == ("released", "raw", 100, 3, 2, 2,
+                                                   (0.5, 1.0, 2.0), 2.0, 1.0)
+    assert (cfg.quantiles, cfg.betas, cfg.alphas) == (
+        (0.5, 0.7, 0.9), (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0), (0.5, 1.0, 2.0, 4.0, 8.0, 16.0))
+    assert CorpConfig.released(stage2_rounds=1).stage2_rounds == 1  # overrides win
+
+
+def test_ess_weights_and_the_released_lambda_schedule():
+    from corp.method.consolidate import (effective_sample_size, ess_weights,
+                                         released_next_lambda)
+    w = ess_weights(np.array([0.0, 1.0]), 1.5)  # a spread of exactly 1 is still tempered
+    assert w[1] > w[0] and effective_sample_size(w) == pytest.approx(1.5, abs=1e-9)
+    for target in (3, 5):  # the target is the whole population or more: uniform
+        np.testing.assert_array_equal(ess_weights(np.array([0.0, 1.0, 2.0]), target),
+                                      np.full(3, 1 / 3))
+    np.testing.assert_array_equal(ess_weights(np.array([2.0, 2.0]), 1.1), [0.5, 0.5])
+    np.testing.assert_allclose(ess_weights(np.array([True, False, True]), 1.5),
+                               ess_weights(np.array([1.0, 0.0, 1.0]), 1.5))
+    # lambda moves halfway towards 0.15 + 0.8 (1 - share of members that helped), in [.05, .95]
+    assert released_next_lambda(0.5, 1.0) == pytest.approx(0.325)
+    assert released_next_lambda(0.5, 0.0) == pytest.approx(0.725)
+    assert released_next_lambda(1.0, 0.0) == 0.95 and released_next_lambda(-1.0, 1.0) == 0.05
