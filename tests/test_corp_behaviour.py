@@ -478,3 +478,116 @@ def test_ess_weights_and_the_released_lambda_schedule():
     assert released_next_lambda(0.5, 1.0) == pytest.approx(0.325)
     assert released_next_lambda(0.5, 0.0) == pytest.approx(0.725)
     assert released_next_lambda(1.0, 0.0) == 0.95 and released_next_lambda(-1.0, 1.0) == 0.05
+
+
+# -- the gated Stage 2 (the default procedure) over several rounds --------------------------------
+
+def _gated_stage2_run(script, **config):
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    n = 40
+    examples = [Example(f"e{i}", "1") for i in range(2 * n)]
+    cfg = CorpConfig(**{"stage2_members": 4, **config})
+    cons = _ScriptedScores(pert, None, {"train": examples, "val": examples, "test": []}, cfg,
+                           progress=False, script=lambda split, current, i: script(split, current))
+    cons.stage1_step_norm = 0.5
+    cloud = ([11, 12, 13, 14], np.eye(4) * SIGMA, np.full(4, 0.25))
+    update = cons.stage2(None, cloud, 0.5, 1.0, SIGMA)
+    return cons, update
+
+
+def test_gated_stage2_stops_after_max_accept_and_adapts_lambda(caplog):
+    with caplog.at_level("INFO", logger="corp"):
+        cons, update = _gated_stage2_run(_always_better, stage2_rounds=5, stage2_max_accept=2)
+    assert [d.accepted for d in cons.decisions] == [True, True] and update is not None
+    assert [d.detail["round"] for d in cons.decisions] == [0, 1]
+    # every member helped (>= 1/4): the proposal leans on the cloud, lambda 0.5 -> 0.4
+    assert [d.detail["lambda"] for d in cons.decisions] == [0.5, pytest.approx(0.4)]
+    gate = cons.decisions[0].detail["gate"]
+    assert ("stage 2 round 0: sigma 0.01, lambda 0.50, 100% members help, gate 0.5000 (LCB "
+            f"{gate['lcb']:.4f}) -> accept") in caplog.text
+
+
+def test_gated_stage2_stops_after_max_reject_halving_sigma(caplog):
+    with caplog.at_level("INFO", logger="corp"):
+        cons, update = _gated_stage2_run(_never_better, stage2_rounds=5, stage2_max_reject=2)
+    assert [d.accepted for d in cons.decisions] == [False, False] and update is None
+    assert [d.detail["sigma"] for d in cons.decisions] == [SIGMA, SIGMA / 2]
+    # nobody helped (< 1/4): a more isotropic proposal, lambda 0.5 -> 0.7
+    assert [d.detail["lambda"] for d in cons.decisions] == [0.5, pytest.approx(0.7)]
+    assert all(d.detail["why"] == "gate: fix/regression score or paired LCB on the gate half "
+                                  "not > 0" for d in cons.decisions)
+    assert "0% members help, gate 0.0000 (LCB 0.0000) -> reject" in caplog.text
+
+
+def test_gated_stage2_gate_score_of_zero_is_a_rejection():
+    """12 fixes and 6 regressions weighted 2 on the gate: score exactly 0, paired LCB > 0."""
+    def script(split, current):
+        n = 40
+        if split == "gate":
+            return _ones(n, (30, 40)) if current else _ones(n, (0, 12), (36, 40))
+        return _always_better(split, current)
+    cons, update = _gated_stage2_run(script, stage2_rounds=1)
+    (d,) = cons.decisions
+    assert d.detail["gate_score"] == 0.0 and d.detail["gate"]["lcb"] > 0
+    assert not d.accepted and update is None
+
+
+def test_gated_stage2_line_search_ties_and_the_share_of_correct_answers():
+    # the same probe reward at every multiplier: the smallest wins
+    cons, _ = _gated_stage2_run(_always_better, stage2_rounds=1, stage2_alphas=(0.5, 1.0, 2.0))
+    assert cons.decisions[0].detail["alpha"] == 0.5
+
+    def partial(split, current):
+        """On the probe the candidate raises the mean reward (LCB > 0) but no answer is correct
+        (> 0.5) any more, where the current model had 10: the share dropped, rejected."""
+        n = 40
+        if split != "probe":
+            return _always_better(split, current)
+        return 0.6 * _ones(n, (0, 10)) if current else 0.4 * _ones(n, (0, 10)) + \
+            0.5 * _ones(n, (10, 40))
+    cons, update = _gated_stage2_run(partial, stage2_rounds=1)
+    (d,) = cons.decisions
+    assert d.detail["probe"]["lcb"] > 0
+    assert (d.detail["probe_correct_share"], d.detail["probe_correct_share_before"]) == (0.0, 0.25)
+    assert d.detail["why"] == ("line search: probe LCB not > 0 or the probe's share of correct "
+                               "answers dropped")
+    assert not d.accepted and update is None
+
+
+def test_gated_stage2_needs_the_stage1_step():
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    examples = [Example(f"e{i}", "1") for i in range(8)]
+    cons = Consolidator(pert, None, {"train": examples, "val": examples, "test": []},
+                        CorpConfig(), progress=False)
+    with pytest.raises(RuntimeError, match=r"^stage2 needs the Stage-1 step as its unit: run "
+                                           r"stage1 first$"):
+        cons.stage2(None, ([1], np.eye(1), np.ones(1)), 0.5, 1.0, SIGMA)
+
+
+def test_principal_directions_are_the_weighted_clouds_top_eigenvectors():
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    examples = [Example(f"e{i}", "1") for i in range(8)]
+    cons = Consolidator(pert, None, {"train": examples, "val": examples, "test": []},
+                        CorpConfig(), progress=False)
+    seeds = [21, 22, 23, 24, 25]
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((6, 5)) + 3.0  # a cloud far from the origin: centring matters
+    weights = rng.dirichlet(np.ones(6))
+    dirs, lam = cons.principal_directions(seeds, rows, weights, 3)
+    # the members as explicit vectors of noise
+    eps = np.stack([np.concatenate([ck.gaussian_noise(tuple(p.shape), parameter_key(s, name))
+                                    .double().flatten().numpy() for name, p in pert.params])
+                    for s in seeds])
+    x = rows @ eps
+    scaled = np.sqrt(weights)[:, None] * (x - weights @ x)
+    # covariance = scaled^T scaled; its nonzero eigenvalues are those of scaled scaled^T
+    top = np.sort(np.linalg.eigvalsh(scaled @ scaled.T))[::-1][:3]
+    np.testing.assert_allclose(lam, top, rtol=1e-6)
+    v = dirs @ eps  # unit-norm directions, each an eigenvector of the covariance
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-6)
+    projected = v @ scaled.T
+    np.testing.assert_allclose(projected @ projected.T, np.diag(top), rtol=1e-6,
+                               atol=1e-6 * top[0])
