@@ -591,3 +591,132 @@ def test_principal_directions_are_the_weighted_clouds_top_eigenvectors():
     projected = v @ scaled.T
     np.testing.assert_allclose(projected @ projected.T, np.diag(top), rtol=1e-6,
                                atol=1e-6 * top[0])
+
+
+# -- Stage 1's decisions on scripted scores -------------------------------------------------------
+
+class _Stage1Scripted(_ScriptedScores):
+    """Scores by split for Stage 1: the probe and the validation gate; candidates (member not
+    None) score `candidate(split, alpha)`, the base model `base(split)`."""
+
+    def __init__(self, *args, base, candidate, **kwargs):
+        super().__init__(*args, script=None, **kwargs)
+        self.base, self.candidate = base, candidate
+
+    def score(self, examples, member=None):
+        split = "probe" if examples is self.probe else "gate" if examples is self.gate else "?"
+        if member is None:
+            return reward_scores(self.base(split))
+        return reward_scores(self.candidate(split, member))
+
+
+def _stage1_run(base, candidate, **config):
+    from corp_helpers import records_with_rewards
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    n = 40
+    examples = [Example(f"e{i}", "1") for i in range(2 * n)]
+    cfg = CorpConfig(**{"quantiles": (0.5,), "betas": (1.0,), "alphas": (1.0,), **config})
+    cons = _Stage1Scripted(pert, None, {"train": examples, "val": examples, "test": []}, cfg,
+                           progress=False, base=base, candidate=candidate)
+    records = records_with_rewards([0.1, 0.3, 0.2, 0.5, 0.4, 0.6], sigma=SIGMA)
+    sig = np.array([r.sigma for r in records])
+    gram = seed_gram(pert, [r.seed for r in records]) * np.outer(sig, sig)
+    update, qb = cons.stage1(records, gram)
+    return cons, update, qb
+
+
+def test_stage1_a_probe_tie_with_the_base_is_no_gain(caplog):
+    better_gate = lambda split, member: _ones(40, (0, 10) if split == "probe" else (0, 20))  # noqa: E731,E501
+    cons, update, _ = _stage1_run(lambda split: _ones(40, (0, 10)) if split == "probe"
+                                  else np.zeros(40), better_gate)
+    (d,) = cons.decisions
+    assert not d.accepted and update is None
+    assert d.detail["why"] == "no candidate beats the base model on the probe split"
+    assert d.stage == "stage1" and d.detail["probe_reward"] == d.detail["probe_reward_base"]
+
+
+def test_stage1_commits_through_its_gate_and_logs_it(caplog):
+    base = lambda split: np.zeros(40)  # noqa: E731
+    with caplog.at_level("INFO", logger="corp"):
+        cons, update, qb = _stage1_run(base, lambda split, member: _ones(40, (0, 12)))
+    (d,) = cons.decisions
+    assert d.accepted and update is not None and qb == (0.5, 1.0)
+    assert (d.detail["gate_reward"], d.detail["gate_reward_base"]) == (0.3, 0.0)
+    assert "why" not in d.detail
+    assert (f"stage 1: q=0.5 beta=1.0 alpha=1.0 probe 0.3000 (base 0.0000), gate LCB "
+            f"{d.detail['gate']['lcb']:.4f} -> commit") in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="corp"):  # better on the probe only: the gate refuses
+        cons, update, _ = _stage1_run(base, lambda split, member: _ones(40, (0, 12))
+                                      if split == "probe" else np.zeros(40))
+    (d,) = cons.decisions
+    assert not d.accepted and update is None
+    assert d.detail["why"] == "gate: paired lower confidence bound on the gate split is not > 0"
+    assert caplog.text.rstrip().endswith("-> reject")
+
+
+def test_stage1_ties_gated_takes_the_shortest_step_released_the_first_visited():
+    base = lambda split: np.zeros(40)  # noqa: E731
+    same = lambda split, member: _ones(40, (0, 12))  # noqa: E731
+    grid = dict(quantiles=(0.5, 0.9), alphas=(2.0, 0.5))
+    cons, _, qb = _stage1_run(base, same, **grid)
+    (d,) = cons.decisions
+    assert (d.detail["alpha"], d.detail["q"], d.detail["candidates"]) == (0.5, 0.5, 4)
+    cons, _, qb = _stage1_run(base, same, procedure="released", **grid)
+    assert (cons.decisions[0].detail["alpha"], cons.decisions[0].detail["q"]) == (2.0, 0.5)
+
+
+def test_two_pass_weights_do_not_depend_on_the_scale_of_the_perturbations():
+    from corp.method.consolidate import stage1_coefficients, two_pass_weights
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 50))
+    gram = x @ x.T
+    rewards = np.array([0.1, 0.3, 0.2, 0.5, 0.4, 0.6])
+    e1, w1, _ = two_pass_weights(rewards, gram, 0.0, 2.0)
+    for scale in (1e-6, 1e4):  # sigma^2 numel is far below 1 for real layers
+        e2, w2, _ = two_pass_weights(rewards, scale * gram, 0.0, 2.0)
+        np.testing.assert_array_equal(e1, e2)
+        np.testing.assert_allclose(w1, w2, rtol=1e-9)
+    with pytest.raises(ValueError, match=r"^alpha_units must be 'member_norm' or 'raw', got "
+                                         r"'meters'$"):
+        stage1_coefficients(rewards, gram, np.ones(6), 0.5, 1.0, "meters")
+
+
+def test_the_gram_sums_over_every_perturbed_parameter():
+    from corp.method.consolidate import named_shapes_gram
+    shapes = [("a.weight", (5, 3)), ("b.weight", (4,)), ("c.weight", (2, 2))]
+    seeds = [7, 8, 9]
+    eps = np.stack([np.concatenate([ck.gaussian_noise(shape, parameter_key(s, name)).double()
+                                    .flatten().numpy() for name, shape in shapes])
+                    for s in seeds])
+    np.testing.assert_allclose(named_shapes_gram(shapes, seeds), eps @ eps.T, rtol=1e-5)
+
+
+def test_the_consolidator_scores_the_current_model_itself():
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    seen = []
+
+    def evaluator(model, examples):
+        seen.append(model)
+        return reward_scores(np.zeros(len(examples)))
+    examples = [Example(f"e{i}", "1") for i in range(8)]
+    cons = Consolidator(pert, evaluator, {"train": examples, "val": examples, "test": []},
+                        CorpConfig(), progress=False)
+    cons.score(cons.probe)
+    cons.score(cons.probe, Member.single(3, SIGMA))
+    assert seen == [lm.model, lm.model]
+
+
+def test_a_population_without_reward_signal_returns_the_base_model_saying_why():
+    from corp_helpers import records_with_rewards
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    examples = [Example(f"e{i}", "1") for i in range(8)]
+    cons = Consolidator(pert, None, {"train": examples, "val": examples, "test": []},
+                        CorpConfig(), progress=False)
+    result = cons.run(records_with_rewards([0.5, 0.5, 0.5]))
+    assert result.update is None and result.decisions == []
+    assert result.reason == ("all members have the same train reward: there is no reward signal "
+                             "to consolidate; returning the base model")
