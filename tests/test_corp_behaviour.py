@@ -720,3 +720,40 @@ def test_a_population_without_reward_signal_returns_the_base_model_saying_why():
     assert result.update is None and result.decisions == []
     assert result.reason == ("all members have the same train reward: there is no reward signal "
                              "to consolidate; returning the base model")
+
+
+def test_the_consolidators_splits_and_refusal():
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    train = [Example(f"t{i}", "1") for i in range(9)]
+    val = [Example(f"v{i}", "1") for i in range(7)]
+    cons = Consolidator(pert, None, {"train": train, "val": val, "test": []}, CorpConfig())
+    assert cons.progress is True  # progress bars unless asked otherwise
+    # train: two halves (selection, gate); validation: probe = first half, gate = the rest
+    assert (len(cons.selection), len(cons.gate_half)) == (4, 5)
+    assert sorted(e.prompt for e in cons.selection + cons.gate_half) == sorted(
+        e.prompt for e in train)
+    assert (cons.probe, cons.gate) == (val[:3], val[3:])
+    with pytest.raises(ValueError, match=r"^CoRP needs at least 4 train and 4 validation "
+                                         r"examples \(train is split into selection/gate halves, "
+                                         r"validation into probe/gate\)$"):
+        Consolidator(pert, None, {"train": train, "val": val[:3], "test": []}, CorpConfig())
+
+
+def test_the_released_result_says_how_many_stage2_updates_it_accepted():
+    from corp_helpers import records_with_rewards
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    n = 40
+    examples = [Example(f"e{i}", "1") for i in range(2 * n)]
+    cfg = CorpConfig.released(quantiles=(0.5,), betas=(1.0,), alphas=(1.0,), stage2_members=4,
+                              stage2_rounds=1)
+    cons = _ScriptedScores(pert, None, {"train": examples, "val": examples, "test": []}, cfg,
+                           progress=False,
+                           script=lambda split, current, i: _always_better(
+                               "selection" if split == "other" else split, current))
+    result = cons.run(records_with_rewards([0.1, 0.3, 0.2, 0.5, 0.4, 0.6], sigma=SIGMA))
+    assert [(d.stage, bool(d.accepted)) for d in result.decisions] == [("stage1", True),
+                                                                       ("stage2", True)]
+    assert result.reason == ("released procedure: Stage 1 committed ungated, 1 Stage-2 "
+                             "update(s) accepted")
