@@ -19,6 +19,9 @@ mutant changed behaviour: an infinite loop is a bug the tests noticed). A mutant
 reaches ("no tests") counts as a survivor. Modules with mutants not yet tried are marked
 incomplete rather than given a rate, unless they were tried on a random sample:
 
+    python -m benchmarks.mutation_report benchmarks/mutation-sample-analysis.txt \
+        --draw corp/method/analysis.py 420 mutation-sample-analysis-2026-11-26
+    mutmut run $(cat benchmarks/mutation-sample-analysis.txt)
     python -m benchmarks.mutation_report OUT.md --sample benchmarks/mutation-sample-analysis.txt
 
 A sample file lists mutant names drawn uniformly at random (without replacement) from one
@@ -126,6 +129,17 @@ def load_exit_codes(root: str, path: str) -> dict[str, int | None]:
         return json.load(f)["exit_code_by_key"]
 
 
+def draw_sample(root: str, path: str, size: int, label: str) -> list[str]:
+    """`size` of the module's mutant names drawn uniformly without replacement, the same for the
+    same (label, size) and the same mutants: random.Random(label) over the sorted names."""
+    import random
+    names = sorted(load_exit_codes(root, path))
+    if not names:
+        raise SystemExit(f"no mutants of {path} under {root}/mutants: run `mutmut run` (or "
+                         f"`mutmut print-time-estimates`) once to generate them")
+    return sorted(random.Random(label).sample(names, min(size, len(names))))
+
+
 def configured_modules(root: str) -> list[str]:
     with open(os.path.join(root, "pyproject.toml"), "rb") as f:
         return list(tomllib.load(f)["tool"]["mutmut"]["only_mutate"])
@@ -191,7 +205,17 @@ def main(argv=None) -> int:
     p.add_argument("--sample", action="append", default=[], metavar="FILE",
                    help="mutant names drawn at random from one module (one per line); that "
                         "module's row counts them only, with a 95%% interval")
+    p.add_argument("--draw", nargs=3, metavar=("MODULE", "SIZE", "LABEL"),
+                   help="print SIZE mutant names of MODULE (e.g. corp/method/analysis.py) drawn "
+                        "at random with seed LABEL to OUTPUT (one per line), then stop")
     args = p.parse_args(argv)
+    if args.draw:
+        module, size, label = args.draw
+        names = draw_sample(args.root, module, int(size), label)
+        with open(args.output + ".tmp", "w") as f:
+            f.write("\n".join(names) + "\n")
+        os.replace(args.output + ".tmp", args.output)
+        return 0
     sample: set[str] = set()
     for path in args.sample:
         with open(path) as f:

@@ -91,3 +91,18 @@ def test_cosmetic_mutants_are_set_aside_in_a_column_of_their_own():
     assert (s.cosmetic, s.equivalent, s.survivors) == (["m.f__mutmut_2"], ["m.f__mutmut_3"],
                                                        ["m.f__mutmut_4"])
     assert s.rate == 1 / 2
+
+
+def test_a_drawn_sample_is_reproducible_and_without_replacement(tmp_path):
+    import random
+    root = tmp_path
+    os.makedirs(root / "mutants" / "pkg")
+    codes = {f"pkg.a.f__mutmut_{i}": None for i in range(50)}
+    (root / "mutants" / "pkg" / "a.py.meta").write_text(json.dumps({"exit_code_by_key": codes}))
+    out = root / "sample.txt"
+    assert main([str(out), "--root", str(root), "--draw", "pkg/a.py", "10", "label-1"]) == 0
+    names = out.read_text().split()
+    assert len(set(names)) == 10 and set(names) <= set(codes)
+    assert names == sorted(random.Random("label-1").sample(sorted(codes), 10))
+    main([str(out), "--root", str(root), "--draw", "pkg/a.py", "10", "label-2"])
+    assert out.read_text().split() != names  # another label, another sample
