@@ -365,6 +365,11 @@ def test_split_half_tests_each_2d_layer_and_the_reward_changes_as_one_family(cap
     # the defaults: rank 4, 200 permutations, seed 0, Holm at alpha 0.05
     _same_rows(split_half(pert, records, base),
                _expected_rows(records, base, 4, 200, 0, 0.05, "holm"))
+    # rank 4 by default: a 6 x 6 layer gets 4 directions (fewer only where a side is shorter)
+    from corp.method.perturb import PerturbationSpec, Perturber
+    square = Perturber(torch.nn.Sequential(torch.nn.Linear(6, 6)),
+                       PerturbationSpec(parameters=("0.weight",)))
+    assert split_half(square, records, base)[0].rank == 4
     # `layers` picks by name
     assert [r.name for r in split_half(pert, records, base, layers=["1.weight"])] == [
         "1.weight", "examples"]
@@ -681,21 +686,23 @@ def test_correct_tests_low_rank_on_the_reproducible_rows_with_their_own_seeds():
     ref = ((6, 5), False, 0.5, 0.01, 0.02)
     nan = float("nan")
     untested = dict(p_low_rank=nan, full_rank_share=nan, min_effect=0.3, permutations=200)
-    rows = [_row(p_value=0.001, _reference=ref, low_rank_share=0.9, **untested),
-            _row(p_value=0.002, _reference=ref, low_rank_share=0.7, **untested),
+    # rank 1 and a share near 1: low-rank p-values small enough for Holm and BH to differ
+    rows = [_row(p_value=0.001, _reference=ref, low_rank_share=0.99, rank=1, **untested),
+            _row(p_value=0.002, _reference=ref, low_rank_share=0.98, rank=1, **untested),
             _row(p_value=0.003, _reference=((6, 5), False, 0.0, 0.01, 0.02), **untested),
             _row(p_value=0.5, _reference=ref, **untested)]
     out = correct(rows, 0.05, "bh", seed=3, memory_bytes=1 << 20)
     assert [r.reproducible for r in out] == [True, True, True, False]
     for i in (0, 1):  # each row's reference has its own seed, seed * 7919 + row index
-        reference = _full_rank_reference((6, 5), False, 0.5, 0.01, 0.02, 4, 200, 3 * 7919 + i)
+        reference = _full_rank_reference((6, 5), False, 0.5, 0.01, 0.02, 1, 200, 3 * 7919 + i)
         assert out[i].p_low_rank == permutation_p(out[i].low_rank_share, reference)
         assert out[i].full_rank_share == float(np.median(reference))
     assert out[2].p_low_rank == 1.0  # no shared energy: nothing to concentrate
     assert math.isnan(out[3].p_low_rank)  # not reproducible: not tested
     # the low-rank p-values are adjusted with the same correction (BH here)
-    np.testing.assert_array_equal([r.p_low_rank_adjusted for r in out[:3]],
-                                  adjust([r.p_low_rank for r in out[:3]], "bh"))
+    lows = [r.p_low_rank for r in out[:3]]
+    assert not np.array_equal(adjust(lows, "bh"), adjust(lows, "holm"))
+    np.testing.assert_array_equal([r.p_low_rank_adjusted for r in out[:3]], adjust(lows, "bh"))
     for alpha in (0, 1, 1.5):
         with pytest.raises(ValueError, match=rf"^alpha must be in \(0, 1\), got {alpha}$"):
             correct([_row()], alpha)
