@@ -129,11 +129,14 @@ def load_exit_codes(root: str, path: str) -> dict[str, int | None]:
         return json.load(f)["exit_code_by_key"]
 
 
-def draw_sample(root: str, path: str, size: int, label: str) -> list[str]:
+def draw_sample(root: str, path: str, size: int, label: str,
+                exclude: set[str] = frozenset()) -> list[str]:
     """`size` of the module's mutant names drawn uniformly without replacement, the same for the
-    same (label, size) and the same mutants: random.Random(label) over the sorted names."""
+    same (label, size) and the same mutants: random.Random(label) over the sorted names, leaving
+    out `exclude` (an earlier sample: a fresh one measures tests written after it without the
+    bias of tests aimed at its survivors)."""
     import random
-    names = sorted(load_exit_codes(root, path))
+    names = sorted(set(load_exit_codes(root, path)) - set(exclude))
     if not names:
         raise SystemExit(f"no mutants of {path} under {root}/mutants: run `mutmut run` (or "
                          f"`mutmut print-time-estimates`) once to generate them")
@@ -208,10 +211,16 @@ def main(argv=None) -> int:
     p.add_argument("--draw", nargs=3, metavar=("MODULE", "SIZE", "LABEL"),
                    help="print SIZE mutant names of MODULE (e.g. corp/method/analysis.py) drawn "
                         "at random with seed LABEL to OUTPUT (one per line), then stop")
+    p.add_argument("--exclude", action="append", default=[], metavar="FILE",
+                   help="with --draw: leave out the names in FILE (an earlier sample)")
     args = p.parse_args(argv)
     if args.draw:
         module, size, label = args.draw
-        names = draw_sample(args.root, module, int(size), label)
+        exclude: set[str] = set()
+        for path in args.exclude:
+            with open(path) as f:
+                exclude |= set(f.read().split())
+        names = draw_sample(args.root, module, int(size), label, exclude)
         with open(args.output + ".tmp", "w") as f:
             f.write("\n".join(names) + "\n")
         os.replace(args.output + ".tmp", args.output)

@@ -106,3 +106,9 @@ def test_a_drawn_sample_is_reproducible_and_without_replacement(tmp_path):
     assert names == sorted(random.Random("label-1").sample(sorted(codes), 10))
     main([str(out), "--root", str(root), "--draw", "pkg/a.py", "10", "label-2"])
     assert out.read_text().split() != names  # another label, another sample
+    first = root / "first.txt"
+    first.write_text("\n".join(names) + "\n")
+    main([str(out), "--root", str(root), "--draw", "pkg/a.py", "40", "label-3", "--exclude",
+          str(first)])
+    fresh = out.read_text().split()
+    assert len(fresh) == 40 and not set(fresh) & set(names)  # disjoint from the first sample
