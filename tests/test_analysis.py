@@ -746,3 +746,15 @@ def test_weight_rows_definition_and_an_untestable_one():
     flat = weight_space_row("w", shape, seeds, sigmas, np.ones(n), halves, 2, 200)
     assert not flat.testable and math.isnan(flat.low_rank_share) and math.isnan(flat.p_value)
     assert (flat.members_per_half, flat.chance) == (6, pytest.approx(2 / 6))
+
+
+def test_an_odd_population_leaves_one_member_out_of_the_halves():
+    from corp.method.analysis import split_half
+    pert = _two_layer_perturber()
+    records = _records(9)
+    base = np.zeros(6)
+    rows = split_half(pert, records, base, rank=2, permutations=200, alpha=0.005)
+    # halves of 4: the 4 x 4 layer's min effect is exactly 1 again, out of the family
+    assert [r.members_per_half for r in rows] == [4, 4, 4]
+    assert rows[0].min_effect == 1.0 and rows[0].family_size == 2
+    assert rows[0].permutations == math.ceil(2 / 0.005) - 1

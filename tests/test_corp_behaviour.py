@@ -757,3 +757,41 @@ def test_the_released_result_says_how_many_stage2_updates_it_accepted():
                                                                        ("stage2", True)]
     assert result.reason == ("released procedure: Stage 1 committed ungated, 1 Stage-2 "
                              "update(s) accepted")
+
+
+def test_released_stage2_a_repeated_merge_does_not_end_the_sweep():
+    # betas 1, 1, 5 over local members with different selection rewards: the second merge
+    # repeats the first and is skipped; the third differs and is proposed
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    n = 40
+    examples = [Example(f"e{i}", "1") for i in range(2 * n)]
+
+    def script(split, current, i):
+        if split == "selection" and not current and i < 4:  # the 4 local members
+            return _ones(n, (0, i + 1))
+        return _always_better(split, current)
+    cfg = CorpConfig.released(quantiles=(0.5,), betas=(1.0, 1.0, 5.0), stage2_members=4,
+                              stage2_rounds=1)
+    cons = _ScriptedScores(pert, None, {"train": examples, "val": examples, "test": []}, cfg,
+                           progress=False, script=script)
+    cons.released_stage2(None, ([11, 12, 13, 14], np.eye(4) * SIGMA, np.full(4, 0.25)), SIGMA,
+                         0.5)
+    assert cons.decisions[0].detail["proposals"] == 6
+
+
+def test_gated_stage2_accepts_an_unchanged_share_of_correct_answers():
+    """The probe's rewards rise (LCB > 0) and the share of correct answers stays at 10/40:
+    accepted (the share must not drop; it need not rise)."""
+    def partial(split, current):
+        n = 40
+        if split != "probe":
+            return _always_better(split, current)
+        return 0.6 * _ones(n, (0, 10)) if current else 0.6 * _ones(n, (0, 10)) + \
+            0.4 * _ones(n, (10, 40))
+    cons, update = _gated_stage2_run(partial, stage2_rounds=1)
+    (d,) = cons.decisions
+    assert (d.detail["probe_correct_share"], d.detail["probe_correct_share_before"]) == (0.25,
+                                                                                          0.25)
+    assert d.accepted and update is not None
+    assert d.detail["step_norm"] == 0.5 and d.detail["cloud_members"] == 4
