@@ -741,8 +741,13 @@ def test_weight_rows_definition_and_an_untestable_one():
                    for ci, i in zip(c, h))
 
     d1, d2 = delta(halves[0]), delta(halves[1])
-    assert row._reference[2] == pytest.approx(float((d1 * d2).sum()), rel=1e-4)
+    shared = float((d1 * d2).sum())
+    assert row._reference[2] == pytest.approx(shared, rel=1e-4)
+    # each half's noise variance per entry: (|Delta_h|^2 - <Delta_1, Delta_2>) / (m n)
+    assert row._reference[3] == pytest.approx(float((d1 * d1).sum() - shared) / 30, rel=1e-4)
+    assert row._reference[4] == pytest.approx(float((d2 * d2).sum() - shared) / 30, rel=1e-4)
     assert (row.members_per_half, row.chance, row.rank) == (6, pytest.approx(2 / 6), 2)
+    assert row.dims == (6, 5) and row.space == "weight" and row.name == "w"
     flat = weight_space_row("w", shape, seeds, sigmas, np.ones(n), halves, 2, 200)
     assert not flat.testable and math.isnan(flat.low_rank_share) and math.isnan(flat.p_value)
     assert (flat.members_per_half, flat.chance) == (6, pytest.approx(2 / 6))
@@ -758,3 +763,15 @@ def test_an_odd_population_leaves_one_member_out_of_the_halves():
     assert [r.members_per_half for r in rows] == [4, 4, 4]
     assert rows[0].min_effect == 1.0 and rows[0].family_size == 2
     assert rows[0].permutations == math.ceil(2 / 0.005) - 1
+
+
+def test_the_exact_subspace_is_the_top_left_singular_subspace_on_either_side():
+    g = torch.Generator().manual_seed(7)
+    for m, n in ((5, 8), (8, 5)):
+        a = torch.randn(2, m, n, generator=g, dtype=torch.float64)
+        got = _top_left_subspace(a, 2)
+        exact = torch.linalg.svd(a, full_matrices=False)[0][..., :2]
+        assert got.shape == (2, m, 2)
+        # the same subspace: equal projections
+        torch.testing.assert_close(got @ got.transpose(-1, -2),
+                                   exact @ exact.transpose(-1, -2), rtol=0, atol=1e-9)

@@ -631,7 +631,7 @@ def test_stage1_a_probe_tie_with_the_base_is_no_gain(caplog):
     cons, update, _ = _stage1_run(lambda split: _ones(40, (0, 10)) if split == "probe"
                                   else np.zeros(40), better_gate)
     (d,) = cons.decisions
-    assert not d.accepted and update is None
+    assert d.accepted is False and update is None  # a bool in the record, not just falsy
     assert d.detail["why"] == "no candidate beats the base model on the probe split"
     assert d.stage == "stage1" and d.detail["probe_reward"] == d.detail["probe_reward_base"]
 
@@ -747,15 +747,15 @@ def test_the_released_result_says_how_many_stage2_updates_it_accepted():
     n = 40
     examples = [Example(f"e{i}", "1") for i in range(2 * n)]
     cfg = CorpConfig.released(quantiles=(0.5,), betas=(1.0,), alphas=(1.0,), stage2_members=4,
-                              stage2_rounds=1)
+                              stage2_rounds=2)
     cons = _ScriptedScores(pert, None, {"train": examples, "val": examples, "test": []}, cfg,
                            progress=False,
                            script=lambda split, current, i: _always_better(
                                "selection" if split == "other" else split, current))
     result = cons.run(records_with_rewards([0.1, 0.3, 0.2, 0.5, 0.4, 0.6], sigma=SIGMA))
-    assert [(d.stage, bool(d.accepted)) for d in result.decisions] == [("stage1", True),
-                                                                       ("stage2", True)]
-    assert result.reason == ("released procedure: Stage 1 committed ungated, 1 Stage-2 "
+    assert [(d.stage, bool(d.accepted)) for d in result.decisions] == [
+        ("stage1", True), ("stage2", True), ("stage2", True)]
+    assert result.reason == ("released procedure: Stage 1 committed ungated, 2 Stage-2 "
                              "update(s) accepted")
 
 
@@ -795,3 +795,31 @@ def test_gated_stage2_accepts_an_unchanged_share_of_correct_answers():
                                                                                           0.25)
     assert d.accepted and update is not None
     assert d.detail["step_norm"] == 0.5 and d.detail["cloud_members"] == 4
+
+
+def test_a_one_member_cloud_proposes_isotropic_members_only():
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    examples = [Example(f"e{i}", "1") for i in range(8)]
+    cons = Consolidator(pert, None, {"train": examples, "val": examples, "test": []},
+                        CorpConfig(stage2_members=3), progress=False)
+    # one member helped: the cloud has no spread, so no principal direction
+    seeds, rows = cons.sample_proposals(([11], np.array([[SIGMA]]), np.ones(1)), SIGMA, 0.5, 0)
+    assert len(seeds) == 4 and seeds[0] == 11 and rows.shape == (3, 4)
+    np.testing.assert_array_equal(rows[:, 0], 0.0)
+    np.testing.assert_allclose(rows[:, 1:], np.eye(3) * SIGMA * np.sqrt(0.5))
+
+
+def test_consolidate_starts_from_the_base_even_with_a_member_left_applied():
+    from corp_helpers import records_with_rewards
+    lm = build_tiny_model("llama", seed=0)
+    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    original = {name: p.detach().clone() for name, p in pert.params}
+    pert._take_backup()
+    pert.add_(Member.single(5, 0.5))  # a caller left a member applied in place
+    examples = [Example(f"e{i}", "1") for i in range(8)]
+    result = consolidate(pert, None, {"train": examples, "val": examples, "test": []},
+                         records_with_rewards([0.5, 0.5, 0.5]))
+    assert result.update is None
+    for name, p in pert.params:  # the model is the base again, not the member
+        assert torch.equal(p, original[name])
