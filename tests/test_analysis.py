@@ -1,6 +1,7 @@
 """The split-half analysis on planted populations with known answers (no model: the members'
 noise is the project's own seeded noise, and rewards are built from it)."""
 
+import json
 import math
 
 import numpy as np
@@ -775,3 +776,19 @@ def test_the_exact_subspace_is_the_top_left_singular_subspace_on_either_side():
         # the same subspace: equal projections
         torch.testing.assert_close(got @ got.transpose(-1, -2),
                                    exact @ exact.transpose(-1, -2), rtol=0, atol=1e-9)
+
+
+def test_a_row_comes_back_from_its_json_with_the_same_verdicts():
+    from corp.method.analysis import OverlapRow
+    nan = float("nan")
+    for row in (_row(), _row(min_effect=1.5, p_adjusted=nan, p_low_rank_adjusted=nan),
+                _row(space="example", name="examples", dims=(3, 9), p_value=nan)):
+        data = json.loads(json.dumps(row.to_json()))  # through a file, as an experiment step
+        back = OverlapRow.from_json(data)
+        assert json.dumps(back.to_json(), sort_keys=True) == json.dumps(row.to_json(),
+                                                                         sort_keys=True)
+        assert back.dims == row.dims and isinstance(back.dims, tuple)
+        assert (back.verdict, back.reproducible, back.low_rank) == (row.verdict,
+                                                                    row.reproducible,
+                                                                    row.low_rank)
+    assert table([OverlapRow.from_json(_row().to_json())]) == table([_row()])

@@ -111,6 +111,7 @@ def test_corp_experiment_reports_equal_budget_rows_and_gate_power(tmp_path, capl
         assert main(args) == 0
     reused = [r.getMessage() for r in caplog.records if "done before" in r.getMessage()]
     assert any("corp-released " in m for m in reused) and any("randopt-test" in m for m in reused)
+    assert any("step split-half " in m for m in reused)  # the analysis is not recomputed
     again = json.loads((results / "tiny.json").read_text())["rows"]
     assert [(r["method"], r["reward"]) for r in again] == [(r["method"], r["reward"])
                                                            for r in rows]

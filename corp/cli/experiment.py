@@ -229,7 +229,7 @@ def corp_rows(s, steps: Steps, procedure: str, corp_records, n_corp: int, t_corp
 
 
 def run_task(s) -> tuple[list[dict], list, dict]:
-    from ..method.analysis import split_half
+    from ..method.analysis import OverlapRow, split_half
     from ..method.ensemble import top_k, vote_scores
     from ..method.population import member_seeds, search
     from .gradient import reward_weighted_finetune
@@ -311,10 +311,17 @@ def run_task(s) -> tuple[list[dict], list, dict]:
     got = steps.get("base-train", lambda: _scores_json(s.evaluator(s.model,
                                                                     s.splits["train"])))
     base_train = _scores_from(got)
-    analysis = split_half(s.perturber, records, base_train.rewards, rank=cfg["analysis_rank"],
-                          permutations=cfg["analysis_permutations"], seed=cfg["seed"],
-                          layers=cfg["analysis_layers"], alpha=cfg["analysis_alpha"],
-                          correction=cfg["analysis_correction"])
+    # A step like the others: on SmolLM2 it regenerates every member's noise for every layer
+    # (about ten minutes), which a resumed experiment used to spend again on every invocation.
+    analysis_options = {k: cfg[k] for k in ("analysis_rank", "analysis_permutations",
+                                            "analysis_layers", "analysis_alpha",
+                                            "analysis_correction")}
+    got = steps.get("split-half", lambda: [row.to_json() for row in split_half(
+        s.perturber, records, base_train.rewards, rank=cfg["analysis_rank"],
+        permutations=cfg["analysis_permutations"], seed=cfg["seed"],
+        layers=cfg["analysis_layers"], alpha=cfg["analysis_alpha"],
+        correction=cfg["analysis_correction"])], analysis_options)
+    analysis = [OverlapRow.from_json(row) for row in got]
     rewards = np.array([r.reward for r in records])
     summary = {"task": task, "share_at_or_above_base": float(np.mean(rewards >= base_train.reward)),
                "corp_decisions": decisions, "base_train_reward": base_train.reward,

@@ -148,6 +148,15 @@ class OverlapRow:
                    structured=self.structured, powered=self.powered, verdict=self.verdict)
         return out
 
+    @classmethod
+    def from_json(cls, obj: dict) -> "OverlapRow":
+        """A finished row back from `to_json` (its verdicts are recomputed from its numbers; the
+        full-rank reference's inputs are not kept: `correct` has already used them)."""
+        names = [f for f in cls.__dataclass_fields__ if not f.startswith("_")]
+        row = cls(**{k: obj[k] for k in names if k in obj})
+        row.dims = tuple(row.dims)
+        return row
+
 
 def subspace_overlap(a, b) -> float:
     """|A^T B|_F^2 / r for orthonormal bases A [d, r], B [d, r'] (r = the smaller rank)."""
