@@ -299,6 +299,30 @@ def test_released_stage2_accepts_and_its_accept_path_follows_the_released_code(t
         assert task(lm.model, task.splits()["val"][:16]).reward > base_probe
 
 
+def _planted_perturber() -> Perturber:
+    """The tiny Llama with its planted layer perturbed: what the scripted tests run on."""
+    lm = build_tiny_model("llama", seed=0)
+    return Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+
+
+def _consolidator(config=None, cls=Consolidator, n=8, evaluator=None, **kwargs):
+    """`cls` on the planted perturber with n examples as both train and validation."""
+    examples = [Example(f"e{i}", "1") for i in range(n)]
+    return cls(_planted_perturber(), evaluator, {"train": examples, "val": examples, "test": []},
+               config or CorpConfig(), progress=False, **kwargs)
+
+
+# A Stage-2 cloud of four single members, equally weighted
+_CLOUD = ([11, 12, 13, 14], np.eye(4) * SIGMA, np.full(4, 0.25))
+
+
+def _ones(n, *ranges):
+    r = np.zeros(n)
+    for lo, hi in ranges:
+        r[lo:hi] = 1
+    return r
+
+
 class _ScriptedScores(Consolidator):
     """A Consolidator whose scores come from a script keyed by (split, is the current model, call
     index), so that released Stage 2's decision rules can be checked on chosen numbers."""
@@ -321,15 +345,10 @@ def test_released_stage2_chooses_the_best_passing_proposal_and_the_smallest_tied
     P0 (x0.5), but P1's gate score is exactly 0 (12 fixes, 6 regressions weighted 2) though its
     paired LCB is > 0, so it does not pass: the choice is P2. Its line search finds the same
     probe reward at every multiplier: ties go to the smallest (0.5)."""
-    lm = build_tiny_model("llama", seed=0)
-    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
     n = 40
 
     def ones(*ranges):
-        r = np.zeros(n)
-        for lo, hi in ranges:
-            r[lo:hi] = 1
-        return r
+        return _ones(n, *ranges)
 
     def script(split, current, i):
         if split == "selection":
@@ -348,15 +367,11 @@ def test_released_stage2_chooses_the_best_passing_proposal_and_the_smallest_tied
             return np.zeros(n) if current else ones((0, 10))
         raise AssertionError(split)
 
-    examples = [Example(f"e{i}", "1") for i in range(2 * n)]
     config = CorpConfig.released(quantiles=(0.5,), betas=(1.0,), stage2_members=4,
                                  stage2_rounds=1)
-    cons = _ScriptedScores(pert, None, {"train": examples, "val": examples, "test": []}, config,
-                           progress=False, script=script)
-    seeds = [11, 12, 13, 14]
-    cloud = (seeds, np.eye(4) * SIGMA, np.full(4, 0.25))
+    cons = _consolidator(config, _ScriptedScores, 2 * n, script=script)
     eta = 0.5
-    update = cons.released_stage2(None, cloud, SIGMA, eta)
+    update = cons.released_stage2(None, _CLOUD, SIGMA, eta)
     (decision,) = cons.decisions
     d = decision.detail
     assert decision.accepted and d["proposals"] == 3 and d["passing_gate"] == 2
@@ -368,31 +383,23 @@ def test_released_stage2_chooses_the_best_passing_proposal_and_the_smallest_tied
     assert d["members_helping"] == 0.25
     # the committed update is P2 at half its step: norm 0.5 * 2 * eta
     c = np.array(update.coeffs)
-    norm = float(np.sqrt(c @ seed_gram(pert, list(update.seeds)) @ c))
+    norm = float(np.sqrt(c @ seed_gram(cons.perturber, list(update.seeds)) @ c))
     assert norm == pytest.approx(0.5 * 2.0 * eta, rel=1e-6)
 
 
 # -- released Stage 2 over several rounds: when it stops, what it logs, what it skips ------------
 
+def _scripted(script, config):
+    """_ScriptedScores on 40 + 40 examples, `script(split, current)` regardless of call index."""
+    return _consolidator(config, _ScriptedScores, 80,
+                         script=lambda split, current, i: script(split, current))
+
+
 def _released_stage2_run(script, sigma=SIGMA, **config):
-    lm = build_tiny_model("llama", seed=0)
-    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
-    n = 40
-    examples = [Example(f"e{i}", "1") for i in range(2 * n)]
-    cfg = CorpConfig.released(**{"quantiles": (0.5,), "betas": (1.0,), "stage2_members": 4,
-                                 **config})
-    cons = _ScriptedScores(pert, None, {"train": examples, "val": examples, "test": []}, cfg,
-                           progress=False, script=lambda split, current, i: script(split, current))
-    cloud = ([11, 12, 13, 14], np.eye(4) * SIGMA, np.full(4, 0.25))
-    update = cons.released_stage2(None, cloud, sigma, 0.5)
+    cons = _scripted(script, CorpConfig.released(**{"quantiles": (0.5,), "betas": (1.0,),
+                                                    "stage2_members": 4, **config}))
+    update = cons.released_stage2(None, _CLOUD, sigma, 0.5)
     return cons, update
-
-
-def _ones(n, *ranges):
-    r = np.zeros(n)
-    for lo, hi in ranges:
-        r[lo:hi] = 1
-    return r
 
 
 def _always_better(split, current):
@@ -483,17 +490,20 @@ def test_ess_weights_and_the_released_lambda_schedule():
 # -- the gated Stage 2 (the default procedure) over several rounds --------------------------------
 
 def _gated_stage2_run(script, **config):
-    lm = build_tiny_model("llama", seed=0)
-    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
-    n = 40
-    examples = [Example(f"e{i}", "1") for i in range(2 * n)]
-    cfg = CorpConfig(**{"stage2_members": 4, **config})
-    cons = _ScriptedScores(pert, None, {"train": examples, "val": examples, "test": []}, cfg,
-                           progress=False, script=lambda split, current, i: script(split, current))
+    cons = _scripted(script, CorpConfig(**{"stage2_members": 4, **config}))
     cons.stage1_step_norm = 0.5
-    cloud = ([11, 12, 13, 14], np.eye(4) * SIGMA, np.full(4, 0.25))
-    update = cons.stage2(None, cloud, 0.5, 1.0, SIGMA)
+    update = cons.stage2(None, _CLOUD, 0.5, 1.0, SIGMA)
     return cons, update
+
+
+def _probe_rewards(before, after):
+    """A script: better everywhere off the probe; on the probe the current model scores `before`
+    and every candidate `after`."""
+    def script(split, current):
+        if split != "probe":
+            return _always_better(split, current)
+        return before if current else after
+    return script
 
 
 def test_gated_stage2_stops_after_max_accept_and_adapts_lambda(caplog):
@@ -538,14 +548,10 @@ def test_gated_stage2_line_search_ties_and_the_share_of_correct_answers():
     cons, _ = _gated_stage2_run(_always_better, stage2_rounds=1, stage2_alphas=(0.5, 1.0, 2.0))
     assert cons.decisions[0].detail["alpha"] == 0.5
 
-    def partial(split, current):
-        """On the probe the candidate raises the mean reward (LCB > 0) but no answer is correct
-        (> 0.5) any more, where the current model had 10: the share dropped, rejected."""
-        n = 40
-        if split != "probe":
-            return _always_better(split, current)
-        return 0.6 * _ones(n, (0, 10)) if current else 0.4 * _ones(n, (0, 10)) + \
-            0.5 * _ones(n, (10, 40))
+    # On the probe the candidate raises the mean reward (LCB > 0) but no answer is correct
+    # (> 0.5) any more, where the current model had 10: the share dropped, rejected.
+    partial = _probe_rewards(0.6 * _ones(40, (0, 10)),
+                             0.4 * _ones(40, (0, 10)) + 0.5 * _ones(40, (10, 40)))
     cons, update = _gated_stage2_run(partial, stage2_rounds=1)
     (d,) = cons.decisions
     assert d.detail["probe"]["lcb"] > 0
@@ -556,22 +562,15 @@ def test_gated_stage2_line_search_ties_and_the_share_of_correct_answers():
 
 
 def test_gated_stage2_needs_the_stage1_step():
-    lm = build_tiny_model("llama", seed=0)
-    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
-    examples = [Example(f"e{i}", "1") for i in range(8)]
-    cons = Consolidator(pert, None, {"train": examples, "val": examples, "test": []},
-                        CorpConfig(), progress=False)
+    cons = _consolidator()
     with pytest.raises(RuntimeError, match=r"^stage2 needs the Stage-1 step as its unit: run "
                                            r"stage1 first$"):
         cons.stage2(None, ([1], np.eye(1), np.ones(1)), 0.5, 1.0, SIGMA)
 
 
 def test_principal_directions_are_the_weighted_clouds_top_eigenvectors():
-    lm = build_tiny_model("llama", seed=0)
-    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
-    examples = [Example(f"e{i}", "1") for i in range(8)]
-    cons = Consolidator(pert, None, {"train": examples, "val": examples, "test": []},
-                        CorpConfig(), progress=False)
+    cons = _consolidator()
+    pert = cons.perturber
     seeds = [21, 22, 23, 24, 25]
     rng = np.random.default_rng(0)
     rows = rng.standard_normal((6, 5)) + 3.0  # a cloud far from the origin: centring matters
@@ -612,16 +611,11 @@ class _Stage1Scripted(_ScriptedScores):
 
 def _stage1_run(base, candidate, **config):
     from corp_helpers import records_with_rewards
-    lm = build_tiny_model("llama", seed=0)
-    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
-    n = 40
-    examples = [Example(f"e{i}", "1") for i in range(2 * n)]
     cfg = CorpConfig(**{"quantiles": (0.5,), "betas": (1.0,), "alphas": (1.0,), **config})
-    cons = _Stage1Scripted(pert, None, {"train": examples, "val": examples, "test": []}, cfg,
-                           progress=False, base=base, candidate=candidate)
+    cons = _consolidator(cfg, _Stage1Scripted, 80, base=base, candidate=candidate)
     records = records_with_rewards([0.1, 0.3, 0.2, 0.5, 0.4, 0.6], sigma=SIGMA)
     sig = np.array([r.sigma for r in records])
-    gram = seed_gram(pert, [r.seed for r in records]) * np.outer(sig, sig)
+    gram = seed_gram(cons.perturber, [r.seed for r in records]) * np.outer(sig, sig)
     update, qb = cons.stage1(records, gram)
     return cons, update, qb
 
@@ -694,28 +688,20 @@ def test_the_gram_sums_over_every_perturbed_parameter():
 
 
 def test_the_consolidator_scores_the_current_model_itself():
-    lm = build_tiny_model("llama", seed=0)
-    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
     seen = []
 
     def evaluator(model, examples):
         seen.append(model)
         return reward_scores(np.zeros(len(examples)))
-    examples = [Example(f"e{i}", "1") for i in range(8)]
-    cons = Consolidator(pert, evaluator, {"train": examples, "val": examples, "test": []},
-                        CorpConfig(), progress=False)
+    cons = _consolidator(evaluator=evaluator)
     cons.score(cons.probe)
     cons.score(cons.probe, Member.single(3, SIGMA))
-    assert seen == [lm.model, lm.model]
+    assert seen == [cons.perturber.model] * 2
 
 
 def test_a_population_without_reward_signal_returns_the_base_model_saying_why():
     from corp_helpers import records_with_rewards
-    lm = build_tiny_model("llama", seed=0)
-    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
-    examples = [Example(f"e{i}", "1") for i in range(8)]
-    cons = Consolidator(pert, None, {"train": examples, "val": examples, "test": []},
-                        CorpConfig(), progress=False)
+    cons = _consolidator()
     result = cons.run(records_with_rewards([0.5, 0.5, 0.5]))
     assert result.update is None and result.decisions == []
     assert result.reason == ("all members have the same train reward: there is no reward signal "
@@ -723,8 +709,7 @@ def test_a_population_without_reward_signal_returns_the_base_model_saying_why():
 
 
 def test_the_consolidators_splits_and_refusal():
-    lm = build_tiny_model("llama", seed=0)
-    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    pert = _planted_perturber()
     train = [Example(f"t{i}", "1") for i in range(9)]
     val = [Example(f"v{i}", "1") for i in range(7)]
     cons = Consolidator(pert, None, {"train": train, "val": val, "test": []}, CorpConfig())
@@ -742,16 +727,10 @@ def test_the_consolidators_splits_and_refusal():
 
 def test_the_released_result_says_how_many_stage2_updates_it_accepted():
     from corp_helpers import records_with_rewards
-    lm = build_tiny_model("llama", seed=0)
-    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
-    n = 40
-    examples = [Example(f"e{i}", "1") for i in range(2 * n)]
     cfg = CorpConfig.released(quantiles=(0.5,), betas=(1.0,), alphas=(1.0,), stage2_members=4,
                               stage2_rounds=2)
-    cons = _ScriptedScores(pert, None, {"train": examples, "val": examples, "test": []}, cfg,
-                           progress=False,
-                           script=lambda split, current, i: _always_better(
-                               "selection" if split == "other" else split, current))
+    cons = _scripted(lambda split, current: _always_better(
+        "selection" if split == "other" else split, current), cfg)
     result = cons.run(records_with_rewards([0.1, 0.3, 0.2, 0.5, 0.4, 0.6], sigma=SIGMA))
     assert [(d.stage, bool(d.accepted)) for d in result.decisions] == [
         ("stage1", True), ("stage2", True), ("stage2", True)]
@@ -762,10 +741,7 @@ def test_the_released_result_says_how_many_stage2_updates_it_accepted():
 def test_released_stage2_a_repeated_merge_does_not_end_the_sweep():
     # betas 1, 1, 5 over local members with different selection rewards: the second merge
     # repeats the first and is skipped; the third differs and is proposed
-    lm = build_tiny_model("llama", seed=0)
-    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
     n = 40
-    examples = [Example(f"e{i}", "1") for i in range(2 * n)]
 
     def script(split, current, i):
         if split == "selection" and not current and i < 4:  # the 4 local members
@@ -773,22 +749,16 @@ def test_released_stage2_a_repeated_merge_does_not_end_the_sweep():
         return _always_better(split, current)
     cfg = CorpConfig.released(quantiles=(0.5,), betas=(1.0, 1.0, 5.0), stage2_members=4,
                               stage2_rounds=1)
-    cons = _ScriptedScores(pert, None, {"train": examples, "val": examples, "test": []}, cfg,
-                           progress=False, script=script)
-    cons.released_stage2(None, ([11, 12, 13, 14], np.eye(4) * SIGMA, np.full(4, 0.25)), SIGMA,
-                         0.5)
+    cons = _consolidator(cfg, _ScriptedScores, 2 * n, script=script)
+    cons.released_stage2(None, _CLOUD, SIGMA, 0.5)
     assert cons.decisions[0].detail["proposals"] == 6
 
 
 def test_gated_stage2_accepts_an_unchanged_share_of_correct_answers():
     """The probe's rewards rise (LCB > 0) and the share of correct answers stays at 10/40:
     accepted (the share must not drop; it need not rise)."""
-    def partial(split, current):
-        n = 40
-        if split != "probe":
-            return _always_better(split, current)
-        return 0.6 * _ones(n, (0, 10)) if current else 0.6 * _ones(n, (0, 10)) + \
-            0.4 * _ones(n, (10, 40))
+    partial = _probe_rewards(0.6 * _ones(40, (0, 10)),
+                             0.6 * _ones(40, (0, 10)) + 0.4 * _ones(40, (10, 40)))
     cons, update = _gated_stage2_run(partial, stage2_rounds=1)
     (d,) = cons.decisions
     assert (d.detail["probe_correct_share"], d.detail["probe_correct_share_before"]) == (0.25,
@@ -798,11 +768,7 @@ def test_gated_stage2_accepts_an_unchanged_share_of_correct_answers():
 
 
 def test_a_one_member_cloud_proposes_isotropic_members_only():
-    lm = build_tiny_model("llama", seed=0)
-    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
-    examples = [Example(f"e{i}", "1") for i in range(8)]
-    cons = Consolidator(pert, None, {"train": examples, "val": examples, "test": []},
-                        CorpConfig(stage2_members=3), progress=False)
+    cons = _consolidator(CorpConfig(stage2_members=3))
     # one member helped: the cloud has no spread, so no principal direction
     seeds, rows = cons.sample_proposals(([11], np.array([[SIGMA]]), np.ones(1)), SIGMA, 0.5, 0)
     assert len(seeds) == 4 and seeds[0] == 11 and rows.shape == (3, 4)
@@ -812,8 +778,7 @@ def test_a_one_member_cloud_proposes_isotropic_members_only():
 
 def test_consolidate_starts_from_the_base_even_with_a_member_left_applied():
     from corp_helpers import records_with_rewards
-    lm = build_tiny_model("llama", seed=0)
-    pert = Perturber(lm.model, PerturbationSpec(sigma=SIGMA, parameters=(PLANTED_PARAM,)))
+    pert = _planted_perturber()
     original = {name: p.detach().clone() for name, p in pert.params}
     pert._take_backup()
     pert.add_(Member.single(5, 0.5))  # a caller left a member applied in place

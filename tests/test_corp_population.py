@@ -1,5 +1,6 @@
 """Population search log: resume after interruption, truncated lines, foreign logs; the ensemble."""
 
+import contextlib
 import json
 import os
 import re
@@ -499,15 +500,23 @@ def test_check_header_warnings_name_the_log_and_come_only_when_due(caplog):
         f"parameter names match, but the parameters' shapes and dtypes cannot be checked"]
 
 
-def _log_lines_with(tmp_path, bad: dict | list):
-    """A log of one good member and `bad` as its third line."""
-    header = {"sigmas": [0.01, 0.02], "train": ["a", "b"]}
+_HEADER = {"sigmas": [0.01, 0.02], "train": ["a", "b"]}
+
+
+def _one_member_log(path, *more: dict | list) -> Record:
+    """Write a log of the search _HEADER with one good member, then `more` as further lines;
+    return the member's record."""
     seed = member_seeds(1)[0]
     good = Record(seed, member_sigma(seed, [0.01, 0.02]), 0.5, 0.5, [0.0, 1.0], [False, True])
+    path.write_text("".join(json.dumps(x) + "\n" for x in ({"header": _HEADER}, good.__dict__,
+                                                            *more)))
+    return good
+
+
+def _log_lines_with(tmp_path, bad: dict | list):
+    """A log of one good member and `bad` as its third line."""
     path = tmp_path / "pop.jsonl"
-    path.write_text("\n".join([json.dumps({"header": header}), json.dumps(good.__dict__),
-                               json.dumps(bad)]) + "\n")
-    return str(path), good
+    return str(path), _one_member_log(path, bad)
 
 
 def _damage(tmp_path, bad) -> str:
@@ -551,15 +560,12 @@ def test_the_sigma_a_search_draws_is_named_for_the_lines_seed(tmp_path):
 
 
 def test_read_records_names_the_log_it_refuses(tmp_path):
-    header = {"sigmas": [0.01, 0.02], "train": ["a", "b"]}
-    seed = member_seeds(1)[0]
-    rec = Record(seed, member_sigma(seed, [0.01, 0.02]), 0.5, 0.5, [0.0, 1.0], [False, True])
     log_path = tmp_path / "named.jsonl"
-    log_path.write_text(json.dumps({"header": header}) + "\n" + json.dumps(rec.__dict__) + "\n")
+    rec = _one_member_log(log_path)
     with pytest.raises(PopulationLogError, match=rf"^{log_path} was written by a different "
                                                  rf"search \(sigmas: "):
-        read_records(str(log_path), {**header, "sigmas": [0.03]})
-    assert read_records(str(log_path), header) == {seed: rec}
+        read_records(str(log_path), {**_HEADER, "sigmas": [0.03]})
+    assert read_records(str(log_path), _HEADER) == {rec.seed: rec}
 
 
 def test_a_truncated_last_line_is_cut_exactly_and_named(tmp_path, caplog):
@@ -590,15 +596,12 @@ def test_a_record_keeps_every_score_of_its_member():
 
 
 def test_odd_but_readable_logs(tmp_path):
-    header = {"sigmas": [0.01, 0.02], "train": ["a", "b"]}
     path = tmp_path / "pop.jsonl"
     # a header alone whose newline was lost: read, empty, nothing partial
-    path.write_text(json.dumps({"header": header}))
-    assert read_log(str(path)) == (header, [], False)
+    path.write_text(json.dumps({"header": _HEADER}))
+    assert read_log(str(path)) == (_HEADER, [], False)
     # a complete log: `partial` is False itself, not merely falsy
-    seed = member_seeds(1)[0]
-    rec = Record(seed, member_sigma(seed, [0.01, 0.02]), 0.5, 0.5, [0.0, 1.0], [False, True])
-    path.write_text(json.dumps({"header": header}) + "\n" + json.dumps(rec.__dict__) + "\n")
+    rec = _one_member_log(path)
     found, records, partial = read_log(str(path))
     assert records == [rec] and partial is False
 
@@ -684,13 +687,11 @@ class _StubPerturber:
         return self.mode
 
     def population(self, group):
-        import contextlib
         self.events.append(("population", [m.seeds[0] for m in group]))
         self.current = list(group)
         return contextlib.nullcontext()
 
     def run(self, member, mode):
-        import contextlib
         self.events.append((mode, member.seeds[0]))
         self.current = [member]
         return contextlib.nullcontext()
