@@ -41,6 +41,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from corp.outputs import write_atomic
+
 try:
     import tomllib
 except ImportError:  # Python 3.10
@@ -98,8 +100,8 @@ def module_stats(path: str, exit_codes: dict[str, int | None],
                  equivalent: dict[str, str], sample: set[str] | None = None) -> ModuleStats:
     """Counts over the module's mutants, or over those in `sample` (a random sample of them)."""
     stats = ModuleStats(path)
-    if sample is not None and sample & set(exit_codes):
-        chosen = sample & set(exit_codes)
+    chosen = (sample or set()) & set(exit_codes)
+    if chosen:
         stats.population = len(exit_codes)
         exit_codes = {name: code for name, code in exit_codes.items() if name in chosen}
     for name, code in sorted(exit_codes.items()):
@@ -141,6 +143,15 @@ def draw_sample(root: str, path: str, size: int, label: str,
         raise SystemExit(f"no mutants of {path} under {root}/mutants: run `mutmut run` (or "
                          f"`mutmut print-time-estimates`) once to generate them")
     return sorted(random.Random(label).sample(names, min(size, len(names))))
+
+
+def read_names(paths) -> set[str]:
+    """The mutant names listed in these files (one per line, as --draw writes them)."""
+    names: set[str] = set()
+    for path in paths:
+        with open(path) as f:
+            names |= set(f.read().split())
+    return names
 
 
 def configured_modules(root: str) -> list[str]:
@@ -216,23 +227,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.draw:
         module, size, label = args.draw
-        exclude: set[str] = set()
-        for path in args.exclude:
-            with open(path) as f:
-                exclude |= set(f.read().split())
-        names = draw_sample(args.root, module, int(size), label, exclude)
-        with open(args.output + ".tmp", "w") as f:
-            f.write("\n".join(names) + "\n")
-        os.replace(args.output + ".tmp", args.output)
+        names = draw_sample(args.root, module, int(size), label, read_names(args.exclude))
+        write_atomic(args.output, "\n".join(names) + "\n")
         return 0
-    sample: set[str] = set()
-    for path in args.sample:
-        with open(path) as f:
-            sample |= {line.strip() for line in f if line.strip()}
+    sample = read_names(args.sample)
     eq_path = os.path.join(args.root, EQUIVALENT_FILE)
     equivalent = json.load(open(eq_path)) if os.path.exists(eq_path) else {}
     codes = {m: load_exit_codes(args.root, m) for m in configured_modules(args.root)}
-    stats = [module_stats(m, c, equivalent, sample or None) for m, c in codes.items()]
+    stats = [module_stats(m, c, equivalent, sample) for m, c in codes.items()]
     unknown = sorted(set(equivalent).difference(*codes.values()))
     if unknown:  # a stale entry would silently excuse nothing; say so
         print(f"warning: {len(unknown)} equivalent entries name no mutant: {unknown[:3]}",
@@ -240,10 +242,7 @@ def main(argv=None) -> int:
     diffs = {} if args.no_diffs else {n: diff_of(args.root, n)
                                       for s in stats for n in s.survivors}
     text = render(stats, equivalent, diffs, args.header)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, args.output)
+    write_atomic(args.output, text)
     print(text.split("\n## ")[0])
     return 0
 
