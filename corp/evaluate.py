@@ -43,26 +43,61 @@ def left_pad(encoded: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
+def pad_after_prefix(encoded: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                       int]:
+    """(ids, attention mask, shared) for `greedy_decode`: the tokens every row starts with (a chat
+    template's system turn: 24 of a math prompt's ~52 SmolLM2 tokens) come first, once per row
+    and unpadded, then the rest of each row left-padded. `shared` counts the common columns; at
+    least one token of every row stays after them, so that every row has a last prompt token."""
+    shared = min(len(seq) for seq in encoded) - 1 if encoded else 0
+    for column in range(max(shared, 0)):
+        if any(seq[column] != encoded[0][column] for seq in encoded):
+            shared = column
+            break
+    shared = max(shared, 0)
+    rest, rest_mask = left_pad([seq[shared:] for seq in encoded], pad_id)
+    head = torch.tensor([encoded[0][:shared]] * len(encoded), dtype=torch.long).reshape(
+        len(encoded), shared)
+    return (torch.cat([head, rest], 1), torch.cat([torch.ones_like(head), rest_mask], 1), shared)
+
+
 @torch.no_grad()
 def greedy_decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
-                  eos_id: int, pad_id: int, finished=None) -> torch.Tensor:
+                  eos_id: int, pad_id: int, finished=None, shared: int = 0) -> torch.Tensor:
     """Greedy continuation of left-padded rows: (rows, max_new_tokens) new token ids on the CPU,
     EOS then `pad_id` after a row ends (what `model.generate(do_sample=False)` returns).
 
     Unlike `generate`, a row leaves the batch (its KV cache rows are dropped) as soon as it emits
     EOS or `finished(tokens so far)` is true, so the remaining rows run on a smaller batch: on a
     compute-bound CPU the cost is the tokens actually generated, not rows x max_new_tokens.
-    Positions are counted from each row's first real token, as `generate` counts them."""
+    Positions are counted from each row's first real token, as `generate` counts them.
+
+    `shared`: the first `shared` columns are the same real tokens in every row (the layout of
+    `pad_after_prefix`); they run once, on one row, and their keys and values are copied to every
+    row, so a batch's prefill costs its distinct tokens only."""
     from transformers import DynamicCache
     rows = ids.shape[0]
     out = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long)
     if rows == 0 or max_new_tokens == 0:
         return out
+    if not 0 <= shared < ids.shape[1]:
+        raise ValueError(f"shared={shared}: must leave at least one of the {ids.shape[1]} "
+                         f"prompt columns after the shared ones")
+    if shared and not (bool(mask[:, :shared].all()) and bool((ids[:, :shared] == ids[:1, :shared])
+                                                                .all())):
+        raise ValueError(f"shared={shared}: the first {shared} columns are not the same real "
+                         f"tokens in every row (lay the rows out with pad_after_prefix)")
     live = torch.arange(rows)  # original row of each batch row
     position = (mask.long().cumsum(-1) - 1).clamp_(min=0)
     cache = DynamicCache()
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    if shared:
+        model(input_ids=ids[:1, :shared], attention_mask=mask[:1, :shared],
+              position_ids=position[:1, :shared], past_key_values=cache, use_cache=True,
+              logits_to_keep=1)
+        cache.batch_repeat_interleave(rows)
+    logits = model(input_ids=ids[:, shared:], attention_mask=mask,
+                   position_ids=position[:, shared:], past_key_values=cache, use_cache=True,
+                   logits_to_keep=1).logits[:, -1]
     position = position[:, -1:]
     for step in range(max_new_tokens):
         token = logits.argmax(-1)
@@ -105,33 +140,38 @@ class TextEvaluator:
         """Completions of every prompt, for each of `copies` stacked copies of the batch (the
         population mode runs member p on copy p).
 
-        One copy runs `greedy_decode`, which retires a row from the batch as soon as it is
-        finished (EOS, or the task's `answer_complete`); stacked copies keep every row in place
-        (the population mode maps rows to members by position) and run `model.generate`."""
+        Prompts are batched by length (fewer pad tokens to run), completions returned in the
+        prompts' order. One copy runs `greedy_decode` with the batch's common prefix computed
+        once, and a row leaves the batch as soon as it is finished (EOS, or the task's
+        `answer_complete`); stacked copies keep every row in place (the population mode maps
+        rows to members by position) and run `model.generate`."""
         encoded = [self.codec.encode_prompt(p) for p in prompts]
         device = next(model.parameters()).device
         complete = getattr(self.task, "answer_complete", None)
-        out: list[list[str]] = [[] for _ in range(copies)]
-        for start in range(0, len(encoded), self.batch_size):
-            chunk = encoded[start:start + self.batch_size]
-            ids, mask = left_pad(chunk, self.codec.pad_id)
-            width = ids.shape[1]
-            ids, mask = ids.repeat(copies, 1).to(device), mask.repeat(copies, 1).to(device)
+        finished = None
+        if complete is not None:
+            finished = lambda tokens: complete(self.codec.decode(tokens))  # noqa: E731
+        by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        out: list[list] = [[None] * len(encoded) for _ in range(copies)]
+        for start in range(0, len(by_length), self.batch_size):
+            batch = by_length[start:start + self.batch_size]
+            chunk = [encoded[i] for i in batch]
             if copies == 1:
-                finished = None
-                if complete is not None:
-                    finished = lambda tokens: complete(self.codec.decode(tokens))  # noqa: E731
-                new = greedy_decode(model, ids, mask, self.max_new_tokens, self.codec.eos_id,
-                                    self.codec.pad_id, finished)
+                ids, mask, shared = pad_after_prefix(chunk, self.codec.pad_id)
+                new = greedy_decode(model, ids.to(device), mask.to(device), self.max_new_tokens,
+                                    self.codec.eos_id, self.codec.pad_id, finished, shared)
             else:
+                ids, mask = left_pad(chunk, self.codec.pad_id)
+                ids, mask = ids.repeat(copies, 1).to(device), mask.repeat(copies, 1).to(device)
                 gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
                                      max_new_tokens=self.max_new_tokens,
                                      pad_token_id=self.codec.pad_id,
                                      eos_token_id=self.codec.eos_id, top_p=None, top_k=None,
                                      temperature=None)
-                new = gen[:, width:].cpu()
+                new = gen[:, ids.shape[1]:].cpu()
             for row in range(new.shape[0]):
-                out[row // len(chunk)].append(self.codec.decode(new[row].tolist()))
+                copy, k = divmod(row, len(chunk))
+                out[copy][batch[k]] = self.codec.decode(new[row].tolist())
         return out
 
     def rewards(self, answers: list, examples: list[Example]) -> np.ndarray:

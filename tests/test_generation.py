@@ -4,7 +4,7 @@ rows retired from the batch as they finish without changing the rows that go on.
 import pytest
 import torch
 
-from corp.evaluate import greedy_decode, left_pad
+from corp.evaluate import greedy_decode, left_pad, pad_after_prefix
 from corp.models import build_tiny_model
 
 def _sharp_model(arch, seed=3):
@@ -86,3 +86,65 @@ def test_empty_batch_and_zero_new_tokens():
     ids, mask = left_pad(PROMPTS, pad_id=0)
     assert greedy_decode(model, ids, mask, 0, 2, 0).shape == (5, 0)
     assert greedy_decode(model, ids[:0], mask[:0], 4, 2, 0).shape == (0, 4)
+
+
+SHARED = [[1, 7, 9, 5, 6, 7], [1, 7, 9, 8], [1, 7, 9, 10, 11, 12, 13, 14], [1, 7, 9, 15, 16],
+          [1, 7, 9, 4, 4, 4, 4]]
+
+
+def test_pad_after_prefix_lays_out_the_common_prefix_once_then_left_pads():
+    ids, mask, shared = pad_after_prefix(SHARED, pad_id=0)
+    assert shared == 3
+    assert ids.tolist()[1] == [1, 7, 9, 0, 0, 0, 0, 8]
+    assert mask.tolist()[1] == [1, 1, 1, 0, 0, 0, 0, 1]
+    assert ids.tolist()[2] == [1, 7, 9, 10, 11, 12, 13, 14]
+    # each row's real tokens, in order, are its prompt
+    for row, seq in enumerate(SHARED):
+        assert ids[row][mask[row].bool()].tolist() == seq
+    # one token of the shortest row stays after the shared columns, even when it is all shared
+    _, _, shared = pad_after_prefix([[1, 7, 9], [1, 7, 9, 4]], pad_id=0)
+    assert shared == 2
+    assert pad_after_prefix([[3, 1], [4, 1]], pad_id=0)[2] == 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_shared_prefix_run_once_gives_generates_tokens(arch):
+    model = _sharp_model(arch)
+    left, left_mask = left_pad(SHARED, pad_id=0)
+    want = _generate(model, left, left_mask, 12, eos=None, pad=0)
+    ids, mask, shared = pad_after_prefix(SHARED, pad_id=0)
+    assert shared == 3
+    got = greedy_decode(model, ids, mask, 12, eos_id=-1, pad_id=0, shared=shared)
+    assert torch.equal(got, want)
+    # the layout itself (pads between the prefix and the rest) is read right without sharing too
+    assert torch.equal(greedy_decode(model, ids, mask, 12, eos_id=-1, pad_id=0), want)
+
+
+def test_shared_must_name_real_common_columns():
+    model = _sharp_model("llama")
+    ids, mask, shared = pad_after_prefix(SHARED, pad_id=0)
+    with pytest.raises(ValueError, match="shared=4"):
+        greedy_decode(model, ids, mask, 4, 2, 0, shared=4)  # column 3 differs between rows
+    with pytest.raises(ValueError, match="shared=8"):
+        greedy_decode(model, ids, mask, 4, 2, 0, shared=8)  # nothing left to prefill
+    with pytest.raises(ValueError, match="shared=-1"):
+        greedy_decode(model, ids, mask, 4, 2, 0, shared=-1)
+
+
+def test_evaluator_batches_by_length_and_returns_the_prompts_order():
+    """Batches of two out of five prompts of different lengths: each completion is the one the
+    prompt gets alone, in the order the prompts were given, for one copy and for stacked copies."""
+    from corp.evaluate import TextEvaluator
+    from corp.models import CharCodec
+
+    class Task:
+        name, max_new_tokens = "t", 6
+
+    model, codec = _sharp_model("llama"), CharCodec()
+    prompts = ["12+345=", "1=", "99*3=", "7+", "123456+7="]
+    evaluator = TextEvaluator(Task(), codec, batch_size=2)
+    alone = [evaluator.generate(model, [p])[0][0] for p in prompts]
+    assert len(set(alone)) > 2, "the prompts must get different completions"
+    assert evaluator.generate(model, prompts)[0] == alone
+    stacked = evaluator.generate(model, prompts, copies=2)
+    assert stacked == [alone, alone]
