@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     lines += [
         "", "Every variant on the whole test split (one timed pass each; a busy machine moves "
         "this column, the table above is the measurement):", "",
-        "| variant | s/prompt (one pass) | test accuracy | paired diff vs generate [95% CI] | "
+        "| variant | s/prompt (one pass) | test reward (mean) | paired diff vs generate [95% CI] | "
         "new tokens / row | rows at the limit | completions identical to generate |",
         "|---|---|---|---|---|---|---|"]
     for label, sec, acc, diff, half, length, at_limit, same in rows:
