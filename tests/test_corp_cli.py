@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from corp.cli import main
@@ -100,6 +101,17 @@ def test_corp_experiment_reports_equal_budget_rows_and_gate_power(tmp_path, capl
         if record["update"] != record["candidate"]:  # a gate refused the candidate: show it
             assert any(r["method"].startswith(f"CoRP {procedure}: best Stage-1 candidate")
                        for r in rows)
+    # every row carries its per-prompt rewards, and the paired section compares them
+    assert "## Paired comparisons on the same test prompts" in md
+    paired = json.loads((results / "tiny.json").read_text())["paired"]
+    by_method = {r["method"]: r for r in rows}
+    best = by_method["RandOpt best member (N=12)"]
+    assert len(best["rewards"]) > 1 and np.mean(best["rewards"]) == pytest.approx(best["reward"])
+    for c in paired:
+        a, b = by_method[c["method"]], by_method[c["against"]]
+        assert c["diff"] == pytest.approx(np.mean(np.subtract(a["rewards"], b["rewards"])))
+    assert {("CoRP released (N=6)", "RandOpt top-3 vote (N=6, CoRP's budget)"),
+            ("CoRP released (N=6)", "base model")} <= {(c["method"], c["against"]) for c in paired}
     released = json.loads((results / "tiny" / "add-released.json").read_text())
     assert released["corp_config"]["betas"] == [1.0]  # corp_configs reach their procedure only
     assert json.loads((results / "tiny" / "add-gated.json").read_text()
@@ -170,3 +182,37 @@ def test_rebuild_reproduces_the_exported_checkpoint(tmp_path):
     with pytest.raises(SystemExit, match="fingerprint"):
         main(["rebuild", "--update", str(forged), "--output-dir", str(tmp_path / "r2"),
               "--no-progress", "--log-level", "WARNING"])
+
+def test_paired_comparisons_of_experiment_rows():
+    """Every method against the base, every CoRP row against every RandOpt row, on the same
+    prompts: the difference's sign, its normal 95% interval and the 80%-power detectable
+    difference (1.96 + 0.8416) SE, by hand."""
+    from corp.cli.experiment import paired_comparisons, paired_table
+
+    def row(method, rewards, task="t"):
+        return {"task": task, "method": method, "rewards": rewards}
+    rows = [row("base model", [0, 0, 1, 1]), row("RandOpt best member (N=4)", [1, 0, 1, 1]),
+            row("CoRP gated (N=4), gate kept the base", [0, 0, 1, 1]),
+            row("CoRP released (N=4)", [1, 1, 1, 0]), row("base model", [1], task="u")]
+    got = {(c["method"], c["against"]): c for c in paired_comparisons(rows)}
+    assert set(got) == {
+        ("RandOpt best member (N=4)", "base model"),
+        ("CoRP gated (N=4), gate kept the base", "base model"),
+        ("CoRP released (N=4)", "base model"),
+        ("CoRP gated (N=4), gate kept the base", "RandOpt best member (N=4)"),
+        ("CoRP released (N=4)", "RandOpt best member (N=4)")}
+    best = got[("RandOpt best member (N=4)", "base model")]
+    # differences [1, 0, 0, 0]: mean 0.25, SD 0.5, SE 0.25
+    assert best["diff"] == pytest.approx(0.25) and best["n"] == 4
+    assert best["ci95"] == pytest.approx([0.25 - 1.96 * 0.25, 0.25 + 1.96 * 0.25])
+    assert best["mde80"] == pytest.approx((1.96 + 0.8416212) * 0.25)
+    released = got[("CoRP released (N=4)", "RandOpt best member (N=4)")]
+    # differences [0, 1, 0, -1]: mean 0, SD sqrt(2/3)
+    assert released["diff"] == pytest.approx(0.0)
+    assert released["mde80"] == pytest.approx((1.96 + 0.8416212) * (2 / 3) ** 0.5 / 2)
+    assert got[("CoRP released (N=4)", "base model")]["diff"] == pytest.approx(0.25)
+    table = paired_table(paired_comparisons(rows))
+    assert "| t | CoRP gated (N=4), gate kept the base | base model | +0.000 (identical on " \
+           "every prompt) | - | 4 |" in table
+    assert "| t | RandOpt best member (N=4) | base model | +0.250 [-0.240, +0.740] | 0.700 | 4 |" \
+        in table

@@ -33,11 +33,53 @@ def _interval(values) -> list[float]:
 
 
 def _row(task, method, scores, passes, evaluations, train_s, test_s, note=""):
+    """One row of the table. `rewards` (per test prompt, in the split's order) lets every pair
+    of rows be compared on the same prompts (`paired_comparisons`), here or from the JSON."""
     return {"task": task, "method": method, "reward": scores.reward,
             "reward_ci": _interval(scores.rewards), "accuracy": scores.accuracy,
             "accuracy_ci": _interval(scores.correct), "forward_passes": passes,
             "member_evaluations": evaluations, "train_seconds": train_s, "test_seconds": test_s,
-            "note": note}
+            "note": note, "rewards": [float(x) for x in scores.rewards]}
+
+
+def paired_comparisons(rows: list[dict]) -> list[dict]:
+    """Per task, on the same test prompts: every method against the base model, and every CoRP
+    row against every RandOpt row (best member and vote, at full N and at CoRP's budget). Each
+    comparison: the mean reward difference, its 95% interval (mean +- 1.96 SE of the paired
+    differences) and `mde80`, the true difference a two-sided 5% test would find with 80%
+    power at this n and spread: an interval that spans 0 next to an mde80 of 0.05 reads "a
+    difference under about 5 points would go unseen here", not "no difference"."""
+    from ..method.consolidate import paired_stats
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task and "rewards" in r]
+        base = [r for r in mine if r["method"] == "base model"]
+        corp = [r for r in mine if r["method"].startswith("CoRP")]
+        randopt = [r for r in mine if r["method"].startswith("RandOpt")]
+        pairs = [(r, base[0]) for r in mine if base and r is not base[0]]
+        pairs += [(c, r) for c in corp for r in randopt]
+        for new, old in pairs:
+            st = paired_stats(np.array(new["rewards"]), np.array(old["rewards"]), 1.96)
+            half = 1.96 * st["se"]
+            out.append({"task": task, "method": new["method"], "against": old["method"],
+                        "diff": st["mean_diff"], "ci95": [st["mean_diff"] - half,
+                                                          st["mean_diff"] + half],
+                        "mde80": st["mde80"], "n": st["n"]})
+    return out
+
+
+def paired_table(comparisons: list[dict]) -> str:
+    lines = ["| task | method | against | reward difference [95% CI] | detectable (80%) | n |",
+             "|---|---|---|---|---|---|"]
+    for c in comparisons:
+        if c["mde80"] == 0:  # the same reward on every prompt (a gate kept the base)
+            diff, mde = f"{c['diff']:+.3f} (identical on every prompt)", "-"
+        else:
+            diff = f"{c['diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
+            mde = f"{c['mde80']:.3f}"
+        lines.append(f"| {c['task']} | {c['method']} | {c['against']} | {diff} | {mde} | "
+                     f"{c['n']} |")
+    return "\n".join(lines)
 
 
 def _timed(fn, *args, **kwargs):
@@ -329,10 +371,10 @@ def run_task(s) -> tuple[list[dict], list, dict]:
                "n": n, "n_corp": n_corp, "k": k, "search_seconds": t_search,
                "procedures": procedures,
                "splits": "/".join(str(len(s.splits[x])) for x in ("train", "val", "test"))}
-    with open(s.path("experiment.json"), "w") as f:
-        json.dump({"rows": rows, "summary": summary,
-                   "analysis": [r.to_json() for r in analysis]},
-                  f, indent=2, default=str)
+    from ..outputs import write_atomic
+    write_atomic(s.path("experiment.json"), json.dumps(
+        {"rows": rows, "summary": summary, "analysis": [r.to_json() for r in analysis]},
+        indent=2, default=str))
     return rows, analysis, summary, records_out
 
 
@@ -430,6 +472,12 @@ def _write(cfg, name, results_dir, rows, analysis, summaries, seconds) -> None:
           "Train / val / test prompts per task: "
           + ", ".join(f"{s['task']} {s['splits']}" for s in summaries) + ".", "",
           table(rows), "",
+          "## Paired comparisons on the same test prompts", "",
+          "Mean reward difference with its 95% interval; \"detectable\" is the true difference "
+          "a two-sided 5% test finds with 80% power at this n and this spread of paired "
+          "differences, (1.96 + 0.84) SE. An interval spanning 0 beside a detectable 0.05 says a "
+          "difference under about 5 points would go unseen here, not that there is none.", "",
+          paired_table(paired_comparisons(rows)), "",
           "Thicket density (share of members at or above the base model's train reward):", ""]
     for s in summaries:
         md.append(f"- {s['task']}: {s['share_at_or_above_base']:.2f} (base train reward "
@@ -448,11 +496,10 @@ def _write(cfg, name, results_dir, rows, analysis, summaries, seconds) -> None:
            "", "## Split-half analysis of the full populations", "",
            split.table(analysis), "", f"![results]({name}.png)", "",
            f"![split-half]({name}-split-half.png)", ""]
-    with open(os.path.join(results_dir, f"{name}.md"), "w") as f:
-        f.write("\n".join(md))
-    with open(os.path.join(results_dir, f"{name}.json"), "w") as f:
-        json.dump({"rows": rows, "summaries": summaries,
-                   "analysis": [r.to_json() for r in analysis]},
-                  f, indent=2, default=str)
+    from ..outputs import write_atomic
+    write_atomic(os.path.join(results_dir, f"{name}.md"), "\n".join(md))
+    write_atomic(os.path.join(results_dir, f"{name}.json"), json.dumps(
+        {"rows": rows, "paired": paired_comparisons(rows), "summaries": summaries,
+         "analysis": [r.to_json() for r in analysis]}, indent=2, default=str))
     figure(rows, os.path.join(results_dir, f"{name}.png"))
     split.figure(analysis, os.path.join(results_dir, f"{name}-split-half.png"))
