@@ -49,12 +49,9 @@ def pad_after_prefix(encoded: list[list[int]], pad_id: int) -> tuple[torch.Tenso
     template's system turn: 24 of a math prompt's ~52 SmolLM2 tokens) come first, once per row
     and unpadded, then the rest of each row left-padded. `shared` counts the common columns; at
     least one token of every row stays after them, so that every row has a last prompt token."""
-    shared = min(len(seq) for seq in encoded) - 1 if encoded else 0
-    for column in range(max(shared, 0)):
-        if any(seq[column] != encoded[0][column] for seq in encoded):
-            shared = column
-            break
-    shared = max(shared, 0)
+    shortest, shared = min(map(len, encoded), default=1), 0
+    while shared < shortest - 1 and all(seq[shared] == encoded[0][shared] for seq in encoded):
+        shared += 1
     rest, rest_mask = left_pad([seq[shared:] for seq in encoded], pad_id)
     head = torch.tensor([encoded[0][:shared]] * len(encoded), dtype=torch.long).reshape(
         len(encoded), shared)
