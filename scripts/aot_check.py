@@ -95,7 +95,8 @@ def variants(include_fp32_linear: bool):
             for aligned in (True, False):
                 sig = {"out_ptr": "*fp32", tm: "*fp32", "seeds_ptr": "*i64",
                        "weights_ptr": "*fp32", "K": "i32", "m": "i32", "n": "i32", "r": "i32",
-                       "counter_base": "i64", "rem": "i32", "ALIGNED": "constexpr",
+                       "counter_base": "i64", "rem": "i32", "splits": "i32",
+                       "ALIGNED": "constexpr",
                        "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_R": "constexpr"}
                 out.append((f"noise_sketch_{side}", f"R={block_r} aligned={int(aligned)}",
                             "fp32", fn, sig, {"ALIGNED": aligned, "BLOCK_M": 32, "BLOCK_N": 32,
@@ -132,9 +133,14 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", default="90,80", help="compute capabilities, comma-separated")
     parser.add_argument("--fp32", action="store_true", help="also the fp32 perturbed_linear "
                                                             "variants (slow to compile)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "aot"),
-                        help="write <out>.md and <out>.json")
+    parser.add_argument("--out", default=None,
+                        help="write <out>.md and <out>.json (default benchmarks/results/aot; "
+                             "with --filter or --dispatched-only nothing is written unless --out "
+                             "is given: a partial table must not replace the committed one)")
     parser.add_argument("--filter", default=None, help="only kernels whose name contains this")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --filter: replace only the filtered kernels' rows of the "
+                             "table at --out (default benchmarks/results/aot), keep the rest")
     parser.add_argument("--dispatched-only", action="store_true",
                         help="skip configurations only a forced strategy launches (CI)")
     args = parser.parse_args(argv)
@@ -183,15 +189,37 @@ def main(argv=None) -> int:
                      f"wgmma={int(row['wgmma'])} mma={int(row['mma'])}"
                      if row["ok"] else f"FAILED {row['error'][:300]}")
                   + f" ({row['seconds']} s)", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"triton": triton.__version__,
-                                                    "rows": rows}, indent=1))
-    out.with_suffix(".md").write_text(render(rows, triton.__version__))
+    partial = bool(args.filter or args.dispatched_only)
+    wrote = ""
+    if args.merge:
+        if not args.filter or args.dispatched_only:
+            parser.error("--merge needs --filter and a full (not --dispatched-only) run")
+        table = Path(args.out or ROOT / "benchmarks" / "results" / "aot").with_suffix(".json")
+        merged = merge_rows(json.loads(table.read_text())["rows"], rows, args.filter)
+        rows, partial = merged, False
+    if args.out or not partial:
+        out = Path(args.out or ROOT / "benchmarks" / "results" / "aot")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps({"triton": triton.__version__,
+                                                        "rows": rows}, indent=1))
+        out.with_suffix(".md").write_text(render(rows, triton.__version__))
+        wrote = f"; wrote {out.with_suffix('.md')}"
     print(f"{len(rows) - failures}/{len(rows)} compiled; {spills} dispatched fp16/bf16 variants "
-          f"spill; "
-          f"wrote {out.with_suffix('.md')}")
+          f"spill{wrote}")
     return 1 if failures or spills else 0
+
+
+def merge_rows(old: list[dict], new: list[dict], kernel_filter: str) -> list[dict]:
+    """The committed table `old` with the rows of kernels matching `kernel_filter` replaced by
+    `new`, each arch's new rows where its old ones were (after the arch's rows if it had none)."""
+    merged, placed = [], set()
+    for r in old:
+        if kernel_filter not in r["kernel"]:
+            merged.append(r)
+        elif r["arch"] not in placed:
+            placed.add(r["arch"])
+            merged += [x for x in new if x["arch"] == r["arch"]]
+    return merged + [x for x in new if x["arch"] not in placed]
 
 
 def render(rows: list[dict], version: str) -> str:

@@ -40,3 +40,17 @@ def test_aot_check_refuses_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(SystemExit):
         _aot_module().main(["--filter", "philox"])
+
+
+def test_merge_replaces_one_kernels_rows_in_place():
+    """`--filter K --merge` updates one kernel's rows of the committed table and keeps the rest
+    where they were (a filtered run used to overwrite the whole table with its few rows)."""
+    row = lambda arch, kernel, config="": {"arch": arch, "kernel": kernel, "config": config}  # noqa: E731
+    old = [row("sm_90", "noise_fill"), row("sm_90", "noise_sketch_left", "a"),
+           row("sm_90", "noise_sketch_right", "b"), row("sm_90", "philox"),
+           row("sm_80", "noise_fill"), row("sm_80", "philox")]
+    new = [row("sm_90", "noise_sketch_left", "A"), row("sm_80", "noise_sketch_left", "C")]
+    merged = _aot_module().merge_rows(old, new, "noise_sketch")
+    assert [(r["arch"], r["kernel"], r["config"]) for r in merged] == [
+        ("sm_90", "noise_fill", ""), ("sm_90", "noise_sketch_left", "A"), ("sm_90", "philox", ""),
+        ("sm_80", "noise_fill", ""), ("sm_80", "philox", ""), ("sm_80", "noise_sketch_left", "C")]

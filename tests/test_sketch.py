@@ -84,3 +84,33 @@ def test_randomized_svd_budget_path_matches_streaming():
     # Same subspaces (up to sign): |u_s . u_b| = 1 per column.
     cos = (budget[0] * streaming[0]).sum(0).abs()
     torch.testing.assert_close(cos, torch.ones(3), rtol=0, atol=1e-3)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("left", [False, True])
+@pytest.mark.parametrize("splits", [1, 2, 3, 7])
+def test_triton_sketch_split_along_the_walked_dimension(left, splits):
+    """The walked dimension split 1, 2, 3 and 7 ways (5 blocks of 32: uneven shares, and more
+    splits than blocks) gives the unsplit product; the offset is unaligned, so every tile takes
+    the general noise path."""
+    from corp_kernels.triton_kernels.noise_sketch import noise_sketch as launch
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shape = (150, 20) if left else (20, 150)
+    g = torch.Generator().manual_seed(2)
+    test_matrix = torch.randn((5, 150) if left else (150, 5), generator=g)
+    out = launch(shape, torch.tensor(SEEDS), torch.tensor(WEIGHTS), test_matrix.to(device), left,
+                 offset=3, splits=splits)
+    delta = ck.weighted_noise_sum(shape, SEEDS, WEIGHTS, offset=3, backend="torch").double()
+    expected = test_matrix.double() @ delta if left else delta @ test_matrix.double()
+    torch.testing.assert_close(out.double().cpu(), expected, rtol=0, atol=1e-5 * 150)
+
+
+def test_sketch_splits_fill_the_device_without_empty_splits(monkeypatch):
+    from corp_kernels.triton_kernels import noise_sketch
+    monkeypatch.setattr(noise_sketch, "sm_count", lambda device: 132)  # an H100
+    # 4096 rows in blocks of 32 own 128 blocks: 5 splits make 640 programs (~4.8 per SM)
+    assert noise_sketch.sketch_splits(128, 128, torch.device("cpu")) == 5
+    assert noise_sketch.sketch_splits(1, 3, torch.device("cpu")) == 3  # never more than blocks
+    assert noise_sketch.sketch_splits(600, 100, torch.device("cpu")) == 1
+    monkeypatch.setattr(noise_sketch, "sm_count", lambda device: 4)  # the interpreter's stand-in
+    assert noise_sketch.sketch_splits(2, 10, torch.device("cpu")) == 8
