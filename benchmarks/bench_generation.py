@@ -4,8 +4,8 @@ base-model test score").
 
 Timed side by side on one member's worth of prompts (the first `--timing-prompts` test prompts,
 one batch), alternated in every repeat so that a busy machine slows all of them alike:
-- `generate, batch 16`: transformers' model.generate (greedy) at batch 16, how a member was
-  scored when issue 12 was filed;
+- `generate, batch 16`: transformers' model.generate (greedy) at batch 16, the setting of the
+  issue's measurement (~0.45 s per math prompt);
 - `generate`: the same at `--batch`;
 - `greedy_decode`: corp.evaluate.greedy_decode on left-padded rows: a row leaves the batch when
   it emits EOS;
