@@ -348,3 +348,20 @@ def test_fixes_minus_regressions_counts_partial_credit_above_one_half():
     assert fixes_minus_regressions(old[:5], new[:5]) == -1
     assert fixes_minus_regressions(np.ones(3), np.ones(3)) == 0
     assert fixes_minus_regressions(np.array([1.0, 1.0, 0.0]), np.array([0.0, 0.0, 0.0])) == 2
+
+
+def test_decision_accepted_is_a_real_bool_in_json_and_back():
+    """A gate's numpy bool was written by json's default=str as "False" and read back truthy, so
+    the experiment's report said "accepted" for rejected steps."""
+    import json
+
+    import numpy as np
+
+    from corp.cli.stats import gate_lines
+    from corp.method.consolidate import Decision
+    d = Decision("stage1", np.bool_(False), {})
+    assert d.accepted is False and json.loads(json.dumps(d.__dict__, default=str))["accepted"] is False
+    assert Decision(**{"stage": "stage2", "accepted": "False", "detail": {}}).accepted is False
+    assert Decision("stage2", "True").accepted is True
+    assert gate_lines([{"stage": "stage1", "accepted": Decision("s", "False").accepted,
+                        "detail": {}}]) == ["- stage1: rejected"]

@@ -133,6 +133,16 @@ class Decision:
     accepted: bool
     detail: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        # A gate's numpy bool used to reach JSON as the string "False" (json's default=str), which
+        # reads back truthy: reports said "accepted" for rejected steps. Store a real bool, and
+        # read such records right.
+        if isinstance(self.accepted, str):
+            if self.accepted not in ("True", "False"):
+                raise ValueError(f"decision {self.stage}: accepted={self.accepted!r}")
+            self.accepted = self.accepted == "True"
+        self.accepted = bool(self.accepted)
+
 
 def member_from_json(obj: dict | None) -> Member | None:
     """The Member of `member_json`'s output (seeds are written as strings: 63-bit integers do not
