@@ -190,15 +190,13 @@ def main(argv=None) -> int:
                      if row["ok"] else f"FAILED {row['error'][:300]}")
                   + f" ({row['seconds']} s)", flush=True)
     partial = bool(args.filter or args.dispatched_only)
-    wrote = ""
+    out, wrote = Path(args.out or ROOT / "benchmarks" / "results" / "aot"), ""
     if args.merge:
         if not args.filter or args.dispatched_only:
             parser.error("--merge needs --filter and a full (not --dispatched-only) run")
-        table = Path(args.out or ROOT / "benchmarks" / "results" / "aot").with_suffix(".json")
-        merged = merge_rows(json.loads(table.read_text())["rows"], rows, args.filter)
-        rows, partial = merged, False
+        table = out.with_suffix(".json")
+        rows, partial = merge_rows(json.loads(table.read_text())["rows"], rows, args.filter), False
     if args.out or not partial:
-        out = Path(args.out or ROOT / "benchmarks" / "results" / "aot")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps({"triton": triton.__version__,
                                                         "rows": rows}, indent=1))

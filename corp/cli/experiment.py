@@ -461,6 +461,7 @@ def _write(cfg, name, results_dir, rows, analysis, summaries, seconds) -> None:
     from ..method import analysis as split
     import platform
     import torch
+    paired = paired_comparisons(rows)  # for the markdown and the JSON
     md = [f"# Experiment `{name}`", "",
           f"Reproduce: `{cfg['reproduce']}`", "",
           f"model: {cfg['model']}; tasks: {', '.join(s['task'] for s in summaries)}; "
@@ -477,7 +478,7 @@ def _write(cfg, name, results_dir, rows, analysis, summaries, seconds) -> None:
           "a two-sided 5% test finds with 80% power at this n and this spread of paired "
           "differences, (1.96 + 0.84) SE. An interval spanning 0 beside a detectable 0.05 says a "
           "difference under about 5 points would go unseen here, not that there is none.", "",
-          paired_table(paired_comparisons(rows)), "",
+          paired_table(paired), "",
           "Thicket density (share of members at or above the base model's train reward):", ""]
     for s in summaries:
         md.append(f"- {s['task']}: {s['share_at_or_above_base']:.2f} (base train reward "
@@ -499,7 +500,7 @@ def _write(cfg, name, results_dir, rows, analysis, summaries, seconds) -> None:
     from ..outputs import write_atomic
     write_atomic(os.path.join(results_dir, f"{name}.md"), "\n".join(md))
     write_atomic(os.path.join(results_dir, f"{name}.json"), json.dumps(
-        {"rows": rows, "paired": paired_comparisons(rows), "summaries": summaries,
+        {"rows": rows, "paired": paired, "summaries": summaries,
          "analysis": [r.to_json() for r in analysis]}, indent=2, default=str))
     figure(rows, os.path.join(results_dir, f"{name}.png"))
     split.figure(analysis, os.path.join(results_dir, f"{name}-split-half.png"))
