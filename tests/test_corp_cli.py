@@ -50,6 +50,40 @@ def test_config_file_and_bad_options(tmp_path):
         main(["ensemble", "--output-dir", str(tmp_path / "empty"), *SMALL])
 
 
+def test_task_options_reach_the_task_and_bad_ones_name_the_key(tmp_path):
+    def train_operands(out):
+        with open(out / "population.jsonl") as f:
+            header = json.loads(f.readline())["header"]
+        return [int(x) for prompt in header["train"] for x in prompt.rstrip("=").split("+")]
+
+    tiny = [*SMALL, "--population", "2", "--top-k", "1"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("task_options: {add: {max_operand: 20}}\n")
+    assert main(["search", "--config", str(cfg), "--output-dir", str(tmp_path / "a"), *tiny]) == 0
+    assert main(["search", "--output-dir", str(tmp_path / "b"), *tiny]) == 0
+    assert max(train_operands(tmp_path / "a")) < 20 <= max(train_operands(tmp_path / "b"))
+    cfg.write_text("task_options: {add: {max_operand: 20, colour: red}}\n")
+    with pytest.raises(SystemExit, match="task_options for 'add'.*colour"):
+        main(["search", "--config", str(cfg), "--output-dir", str(tmp_path / "c"), *tiny])
+    cfg.write_text("task_options: [add]\n")
+    with pytest.raises(SystemExit, match="task_options in .*mapping from task names"):
+        main(["search", "--config", str(cfg), "--output-dir", str(tmp_path / "c"), *tiny])
+
+
+def test_an_option_added_later_keeps_old_steps_reusable(tmp_path):
+    """Steps fingerprinted before `task_options` existed are reused while it is unset; setting
+    it recomputes them."""
+    from corp.cli.config import DEFAULTS
+    from corp.cli.experiment import Steps
+    old = {k: v for k, v in DEFAULTS.items() if k != "task_options"}
+    calls = []
+    Steps(str(tmp_path), old).get("s", lambda: calls.append(1) or 1)
+    assert Steps(str(tmp_path), dict(DEFAULTS)).get("s", lambda: calls.append(2) or 2) == 1
+    changed = dict(DEFAULTS, task_options={"code": {"max_k": 25}})
+    assert Steps(str(tmp_path), changed).get("s", lambda: calls.append(3) or 3) == 3
+    assert calls == [1, 3]
+
+
 def test_python_dash_m_corp_help():
     env = dict(os.environ)
     result = subprocess.run([sys.executable, "-m", "corp", "--help"], capture_output=True,

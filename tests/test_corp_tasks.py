@@ -121,6 +121,21 @@ def test_every_code_problem_is_solvable_by_its_reference():
     assert all(len(x.meta["tests"]) == 3 for x in task.all_examples())
 
 
+def test_code_pool_grows_with_max_k_and_the_default_pool_is_unchanged():
+    default = CodeTask()
+    assert len(default.all_examples()) == 12 * 8 + 8  # the pool the committed results used
+    assert default.splits() == CodeTask(max_k=9).splits()
+    large = CodeTask(max_k=25, n_train=32, n_val=100, n_test=100)
+    pool = large.all_examples()
+    assert len(pool) == 12 * 24 + 8 and len({e.prompt for e in pool}) == len(pool)
+    e = next(x for x in pool if "`multiply(x)` that returns x multiplied by 25" in x.prompt)
+    assert large.score("def multiply(x):\n    return 25 * x", e) == 1.0
+    assert large.score("def multiply(x):\n    return 24 * x", e) == pytest.approx(1 / 3)
+    for bad in (1, 2.5, True):
+        with pytest.raises(ValueError, match="max_k"):
+            CodeTask(max_k=bad)
+
+
 def test_writing_constraints():
     task = ConstrainedWritingTask()
     from corp.tasks import Example

@@ -11,7 +11,7 @@ DEFAULTS = dict(
     include_embeddings=False, include_norms=False, include_lm_head=False, parameters=None,
     device="cpu", dtype="float32", max_rank=32, energy_fraction=0.9, save_exact=False,
     stage2_rounds=3, stage2_members=100, seed=0, progress=True, log_level="INFO",
-    procedure="gated", splits=None,
+    procedure="gated", splits=None, task_options=None,
     builtin_steps=300, analysis_rank=4, analysis_permutations=200, analysis_alpha=0.05,
     analysis_correction="holm", adapter=None, checkpoint=None,
     # corp experiment

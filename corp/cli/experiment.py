@@ -112,6 +112,9 @@ _STEP_SPECIFIC = ("procedure", "procedures", "corp_config", "corp_configs", "sta
                   "stage2_members", "max_rank", "energy_fraction", "gradient_steps",
                   "gradient_samples", "analysis_rank", "analysis_layers", "analysis_permutations",
                   "analysis_alpha", "analysis_correction")
+# Options added after committed runs existed, left out of fingerprints while at their default so
+# those runs' finished steps are still reused (their numbers do not depend on the new option).
+_ADDED_LATER = {"task_options": None}
 
 
 def _hash(obj) -> str:
@@ -131,7 +134,7 @@ class Steps:
         self.folder = folder
         os.makedirs(folder, exist_ok=True)
         relevant = {k: v for k, v in cfg.items() if k not in _NOT_RESULTS and
-                    not k.startswith("_")}
+                    not k.startswith("_") and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
         self.whole = _hash(relevant)
         self.shared = {k: v for k, v in relevant.items() if k not in _STEP_SPECIFIC}
 

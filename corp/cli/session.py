@@ -28,8 +28,16 @@ class Session:
             if sizes is not None and str(cfg["task"]).endswith(".py"):
                 raise UsageError(f"--splits applies to built-in tasks; {cfg['task']} sets its "
                                  f"own splits in its TASK object")
-            self.task = load_task(cfg["task"], **(dict(zip(("n_train", "n_val", "n_test"),
-                                                           sizes)) if sizes else {}))
+            options = dict((cfg.get("task_options") or {}).get(cfg["task"], {}))
+            if options and str(cfg["task"]).endswith(".py"):
+                raise UsageError(f"task_options apply to built-in tasks; {cfg['task']} builds "
+                                 f"its own TASK object")
+            if sizes:
+                options.update(zip(("n_train", "n_val", "n_test"), sizes))
+            try:
+                self.task = load_task(cfg["task"], **options)
+            except TypeError as e:  # an option the task's constructor does not take
+                raise UsageError(f"task_options for {cfg['task']!r}: {e}") from None
         except UsageError:
             raise
         except Exception as e:  # a user's task file may raise anything; say which file and what
@@ -68,8 +76,8 @@ class Session:
                        "sigmas": list(cfg["sigmas"]), "population_seed": cfg["population_seed"],
                        "fingerprint": model_fingerprint(self.perturber.params)}
 
-    REBUILD_KEYS = ("model", "task", "splits", "dtype", "include_embeddings", "include_norms",
-                    "include_lm_head", "sigmas", "builtin_steps", "batch_size")
+    REBUILD_KEYS = ("model", "task", "splits", "task_options", "dtype", "include_embeddings",
+                    "include_norms", "include_lm_head", "sigmas", "builtin_steps", "batch_size")
 
     def rebuild_section(self) -> dict:
         """What `corp rebuild` needs besides an update's seeds and coefficients: the options that

@@ -125,6 +125,12 @@ def check_config(cfg: dict, origin: dict[str, str], command: str) -> None:
             isinstance(splits, dict) and splits and all(sizes_ok(v) for v in splits.values()))):
         bad("splits", "three integers >= 1 (train, val, test prompts), or a mapping from task "
             "names to such lists")
+    options = cfg.get("task_options")
+    if options is not None and not (isinstance(options, dict) and all(
+            isinstance(t, str) and isinstance(o, dict) and all(isinstance(k, str) for k in o)
+            for t, o in options.items())):
+        bad("task_options", "a mapping from task names to mappings of constructor options "
+            "(e.g. {code: {max_k: 25}})")
     _check_stage1(cfg["stage1"], name("stage1"))
     _check_corp_config(cfg["corp_config"], name("corp_config"))
     procedures = cfg.get("procedures")

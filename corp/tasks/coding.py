@@ -74,15 +74,19 @@ class CodeTask(GeneratedTask):
     max_new_tokens = 80
 
     def __init__(self, n_train: int = 16, n_val: int = 32, n_test: int = 48, seed: int = 0,
-                 timeout: float = 3.0):
+                 timeout: float = 3.0, max_k: int = 9):
+        # max_k bounds each family's parameter k in 2..max_k: 9 gives the original pool of 104
+        # problems (the committed smollm2-cpu results), 25 gives 296 for powered splits.
+        if not isinstance(max_k, int) or isinstance(max_k, bool) or max_k < 2:
+            raise ValueError(f"max_k must be an integer >= 2, got {max_k!r}")
         super().__init__(n_train, n_val, n_test, seed)
-        self.timeout = timeout
+        self.timeout, self.max_k = timeout, max_k
         self._cache: dict[tuple[str, str], float] = {}  # members often write identical code
 
     def all_examples(self) -> list[Example]:
         out = []
         for name, arg, spec, make, inputs in _FAMILIES:
-            for k in range(2, 10):
+            for k in range(2, self.max_k + 1):
                 out.append(self._example(name, arg, spec.format(k=k), make(k), inputs))
         for name, arg, spec, ref, inputs in _PLAIN:
             out.append(self._example(name, arg, spec, ref, inputs))
