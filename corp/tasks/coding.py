@@ -76,7 +76,7 @@ class CodeTask(GeneratedTask):
     def __init__(self, n_train: int = 16, n_val: int = 32, n_test: int = 48, seed: int = 0,
                  timeout: float = 3.0, max_k: int = 9):
         # max_k bounds each family's parameter k in 2..max_k: 9 gives the original pool of 104
-        # problems (the committed smollm2-cpu results), 25 gives 296 for powered splits.
+        # problems (the committed smollm2-cpu results), 40 gives 476 for powered splits.
         if not isinstance(max_k, int) or isinstance(max_k, bool) or max_k < 2:
             raise ValueError(f"max_k must be an integer >= 2, got {max_k!r}")
         super().__init__(n_train, n_val, n_test, seed)
