@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     else:
         shapes = [(576, 576), (1536, 576), (2048, 2048), (4096, 4096)]
         rows = (bench_noise(device, dtype, [1 << 20, 1 << 24], 9)
-                + bench_perturbed_linear(device, dtype, [1, 16, 128, 1024], shapes, 9)
+                + bench_perturbed_linear(device, dtype, [1, 4, 16, 64, 128, 1024], shapes, 15)
                 + bench_population(device, dtype, 8, 16, [(576, 576), (2048, 2048)], 3)
                 + bench_weighted_sum(device, (1536, 576), [8, 50, 500], 3)
                 + bench_rsvd(device, (2048, 2048), 50, 16, 3))

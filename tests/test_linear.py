@@ -13,8 +13,9 @@ pytestmark = pytest.mark.op("perturbed_linear")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (tokens, out_features, in_features): decode-sized, ragged, and K % 4 == 0 / != 0 (the aligned and
-# unaligned noise-tile paths of the Triton kernel); 130 tokens takes the C++ kernel's many-token
-# path (big sequential panels).
+# unaligned noise-tile paths of the Triton kernel); the C++ kernel writes y's columns directly
+# below 16 tokens (1, 5, 3) and y^T from 16 on (17), and 130 tokens takes its many-token path
+# (big sequential panels).
 SHAPES = [(1, 8, 16), (5, 37, 53), (3, 64, 68), (17, 70, 33), (130, 41, 36)]
 
 
