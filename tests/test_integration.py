@@ -133,3 +133,44 @@ def test_backward_through_an_op_names_the_op():
     y = ck.perturbed_linear(x, torch.randn(4, 6), None, 3, 0.1)
     with pytest.raises(RuntimeError, match="perturbed_linear has no gradient"):
         y.sum().backward()
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 17, 130])
+def test_cpp_ops_keep_the_callers_grad_and_inference_mode_on_every_thread(two_threads, tokens):
+    """at::parallel_for's workers do not inherit grad/inference mode: an ATen op there on x that
+    requires grad, or on an output made in inference mode, was refused (T = 2-15 since the
+    few-token layout stopped copying x; T = 1 and noise_sketch before that)."""
+    if not dispatch.backends()["cpp"].available:
+        pytest.skip("the C++ extension is not built")
+    w = torch.randn(40, 6)
+    x = torch.randn(tokens, 6)
+    expected = ck.perturbed_linear(x, w, None, 3, 0.1, backend="cpp")
+    x_grad = x.clone().requires_grad_()
+    torch.testing.assert_close(ck.perturbed_linear(x_grad, w, None, 3, 0.1, backend="cpp"),
+                               expected, rtol=0, atol=0)
+    with torch.inference_mode():
+        torch.testing.assert_close(ck.perturbed_linear(x, w, None, 3, 0.1, backend="cpp"),
+                                   expected, rtol=0, atol=0)
+        population = ck.population_linear(torch.stack([x, x]), w, None, [3, 4], 0.1,
+                                          backend="cpp")
+    torch.testing.assert_close(population[0], expected, rtol=0, atol=0)
+    test_matrix = torch.randn(6, 3)
+    for side, tm in (("right", test_matrix), ("left", torch.randn(3, 40))):
+        sketch = ck.noise_sketch((40, 6), [1, 2], [0.5, -1.0], tm, side=side, backend="cpp")
+        with torch.inference_mode():
+            again = ck.noise_sketch((40, 6), [1, 2], [0.5, -1.0], tm, side=side, backend="cpp")
+        torch.testing.assert_close(again, sketch, rtol=0, atol=0)
+        graded = ck.noise_sketch((40, 6), [1, 2], [0.5, -1.0], tm.clone().requires_grad_(),
+                                 side=side, backend="cpp")
+        torch.testing.assert_close(graded.detach(), sketch, rtol=0, atol=0)
+    with torch.inference_mode():
+        gram = ck.noise_gram((40, 6), [1, 2, 3], backend="cpp")
+    torch.testing.assert_close(gram, ck.noise_gram((40, 6), [1, 2, 3], backend="cpp"))

@@ -31,11 +31,12 @@ CASES = {
     "add_noise_ bf16": lambda: ck.add_noise_(_data(100_003, dtype=torch.bfloat16), 9, 0.1,
                                              backend="cpp"),
     "weighted_noise_sum": lambda: ck.weighted_noise_sum((300, 1001), SEEDS, WEIGHTS, backend="cpp"),
-    # 3 tokens: cache-sized panels, one thread each; 130: big panels and a multi-threaded GEMM;
-    # 600: the chunked strategy (W + sigma * eps in blocks, then torch's matmul).
+    # 3 and 40 tokens: cache-sized panels, one thread each (products written into y's columns
+    # below 16 tokens, into y^T from 16 on); 130: big panels and a multi-threaded GEMM; 600: the
+    # chunked strategy (W + sigma * eps in blocks, then torch's matmul).
     **{f"perturbed_linear T={t}": (lambda t=t: ck.perturbed_linear(
         _data(t, 129, dtype=torch.bfloat16, seed=2), W_BF16, None, 11, 0.05, backend="cpp"))
-       for t in (3, 130, 600)},
+       for t in (3, 40, 130, 600)},
     "population_linear": lambda: ck.population_linear(
         _data(3, 5, 129, seed=3), W_BF16.float(), None, SEEDS, [0.01, 0.02, 0.03], backend="cpp"),
     # 8000 x 64: 16 row panels of 512, so the left sketch sums 16 parts.

@@ -9,6 +9,7 @@
 // the number of threads, and reductions add their parts in a fixed order (FixedOrderSlots).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -27,6 +28,20 @@ namespace {
 constexpr int64_t kPanelFloats = 32768;
 // Elements per parallel chunk of an elementwise op.
 constexpr int64_t kChunk = 16384;
+
+// at::parallel_for runs its body on OpenMP workers without the caller's thread-local state: there
+// grad mode is on and inference mode off whatever the caller set, so an ATen op in the body on a
+// tensor that requires grad (x under autograd) or an inference tensor (y made in inference mode)
+// is refused. Bodies that call ATen ops take the caller's state with them.
+template <class F>
+void parallel_for_with_state(int64_t begin, int64_t end, int64_t grain, const F& body) {
+  const at::ThreadLocalState state;
+  at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
+    at::ThreadLocalStateGuard guard(state);
+    body(b, e);
+  });
+}
+
 
 uint64_t as_u64(int64_t bits) { return static_cast<uint64_t>(bits); }
 
@@ -300,7 +315,7 @@ void perturbed_panels(const scalar_t* w, int64_t N, int64_t K, int64_t T, const 
   // Few tokens: noise generation dominates. Cache-sized panels, one thread each.
   const int64_t R = linear_panel_rows(N, K, T);
   const int64_t panels = (N + R - 1) / R;
-  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+  parallel_for_with_state(0, panels, 1, [&](int64_t begin, int64_t end) {
     auto buf = at::empty({R, K}, at::TensorOptions().dtype(at::kFloat));
     for (int64_t pi = begin; pi < end; ++pi) {
       const int64_t r0 = pi * R;
@@ -438,7 +453,7 @@ at::Tensor noise_sketch(int64_t rows, int64_t cols, const at::Tensor& seeds,
   if (!left) {
     // Each panel owns its rows of the result: no reduction at all.
     auto out = at::empty({rows, r}, tm.options());
-    at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    parallel_for_with_state(0, panels, 1, [&](int64_t begin, int64_t end) {
       auto buf = at::empty({R, cols}, tm.options());
       for (int64_t pi = begin; pi < end; ++pi) {
         const int64_t r0 = pi * R, nr = std::min(R, rows - r0);
@@ -453,7 +468,7 @@ at::Tensor noise_sketch(int64_t rows, int64_t cols, const at::Tensor& seeds,
   if (panels == 0) return at::zeros({r, cols}, tm.options());
   const FixedOrderSlots slots(panels, r * cols * 4, kMaxReduceSlots, kReduceBudgetBytes);
   auto partial = at::zeros({slots.count, r, cols}, tm.options());
-  at::parallel_for(0, slots.count, 1, [&](int64_t begin, int64_t end) {
+  parallel_for_with_state(0, slots.count, 1, [&](int64_t begin, int64_t end) {
     auto buf = at::empty({R, cols}, tm.options());
     for (int64_t g = begin; g < end; ++g) {
       auto acc = partial.select(0, g);
@@ -487,7 +502,7 @@ at::Tensor noise_gram(int64_t numel, const at::Tensor& seeds, int64_t offset) {
   if (chunks == 0) return at::zeros({K, K}, at::TensorOptions().dtype(at::kDouble));
   const FixedOrderSlots slots(chunks, K * K * 8, kMaxReduceSlots, kReduceBudgetBytes);
   auto partial = at::zeros({slots.count, K, K}, at::TensorOptions().dtype(at::kDouble));
-  at::parallel_for(0, slots.count, 1, [&](int64_t begin, int64_t end) {
+  parallel_for_with_state(0, slots.count, 1, [&](int64_t begin, int64_t end) {
     auto buf = at::empty({K, L}, at::TensorOptions().dtype(at::kFloat));
     float* bp = buf.data_ptr<float>();
     for (int64_t g = begin; g < end; ++g) {
