@@ -1,5 +1,7 @@
 """Built-in task, answer parsing, user task files, and the character codec."""
 
+import re
+
 import pytest
 
 from corp.models import CharCodec
@@ -134,6 +136,30 @@ def test_code_pool_grows_with_max_k_and_the_default_pool_is_unchanged():
     for bad in (1, 2.5, True):
         with pytest.raises(ValueError, match="max_k"):
             CodeTask(max_k=bad)
+
+
+def test_large_k_problems_cannot_be_passed_without_k():
+    """Above k = 9 every problem's tests differ from every other k's of its family, so no
+    solution that ignores k passes two of them (the original inputs made `return s` pass
+    first_chars for every k >= 10, `return 0` sum_above for k >= 20, ...)."""
+    task = CodeTask(max_k=50)
+    by_family = {}
+    for e in task.all_examples():
+        name = e.prompt.split("`")[1].split("(")[0]
+        k = re.search(r"\b(\d+)\b", e.prompt.split("`")[2])
+        by_family.setdefault(name, []).append((int(k.group(1)) if k else None, e))
+    for name, problems in by_family.items():
+        large = [tuple(e.meta["tests"]) for k, e in problems if k is not None and k > 9]
+        others = [tuple(e.meta["tests"]) for k, e in problems if k is not None and k <= 9]
+        assert len(set(large)) == len(large) and not set(large) & set(others), name
+    lazy = {"first_chars": "def first_chars(s):\n    return s",
+            "last_items": "def last_items(xs):\n    return xs",
+            "is_divisible": "def is_divisible(n):\n    return n == 0",
+            "sum_above": "def sum_above(xs):\n    return 0"}
+    for name, code in lazy.items():
+        for k, e in by_family[name]:
+            if k in (10, 15, 20, 30, 50):  # a sample: each is a sandboxed run
+                assert task.score(code, e) < 1.0, (name, k)
 
 
 def test_writing_constraints():
