@@ -63,11 +63,21 @@ def test_task_options_reach_the_task_and_bad_ones_name_the_key(tmp_path):
     assert main(["search", "--output-dir", str(tmp_path / "b"), *tiny]) == 0
     assert max(train_operands(tmp_path / "a")) < 20 <= max(train_operands(tmp_path / "b"))
     cfg.write_text("task_options: {add: {max_operand: 20, colour: red}}\n")
-    with pytest.raises(SystemExit, match="task_options for 'add'.*colour"):
+    with pytest.raises(SystemExit, match="task_options in .*add: .*colour"):
         main(["search", "--config", str(cfg), "--output-dir", str(tmp_path / "c"), *tiny])
     cfg.write_text("task_options: [add]\n")
     with pytest.raises(SystemExit, match="task_options in .*mapping from task names"):
         main(["search", "--config", str(cfg), "--output-dir", str(tmp_path / "c"), *tiny])
+    # refused before anything runs: a task not run (a typo), prompt counts, a value the task
+    # cannot use (3 operands give 9 sums, fewer than the splits need)
+    for text, message in [("task_options: {ad: {max_operand: 20}}", "task 'ad' is not run"),
+                          ("task_options: {add: {n_train: 4}}", "with splits"),
+                          ("task_options: {add: {max_operand: 3}}",
+                           "task_options for 'add' .*distinct examples")]:
+        cfg.write_text(text + "\n")
+        with pytest.raises(SystemExit, match=message):
+            main(["search", "--config", str(cfg), "--output-dir", str(tmp_path / "c"), *tiny])
+    assert not (tmp_path / "c").exists()
 
 
 def test_an_option_added_later_keeps_old_steps_reusable(tmp_path):
@@ -177,8 +187,11 @@ def test_corp_experiment_reports_equal_budget_rows_and_gate_power(tmp_path, capl
     # The released procedure commits Stage 1 ungated, so its record has an update: rebuilding it
     # from seeds and coefficients scores what the table says the exact update scored.
     rebuilt = tmp_path / "rebuilt"
+    # flags that would change the task or its test prompts do not reach the rebuild: the
+    # record's (here: the task's default splits) decide them
     assert main(["rebuild", "--update", str(results / "tiny" / "add-released.json"),
-                 "--output-dir", str(rebuilt), "--no-progress", "--log-level", "WARNING"]) == 0
+                 "--output-dir", str(rebuilt), "--no-progress", "--log-level", "WARNING",
+                 "--splits", "8", "8", "8"]) == 0
     out = json.loads((rebuilt / "rebuild.json").read_text())
     table_row = next(r for r in rows if r["method"] == "CoRP released (N=6)")
     assert out["test_reward"] == table_row["reward"]

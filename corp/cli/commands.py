@@ -276,8 +276,16 @@ def cmd_rebuild(cfg: dict) -> dict:
     if update is None:
         raise SystemExit(f"corp: {path} has no update (its gate kept the base model): the "
                          f"consolidated model is the base model")
-    session_cfg = {**cfg, **{k: v for k, v in how["config"].items() if v is not None},
-                   "parameters": how["parameters"], "population": 1, "top_k": 1}
+    # Every option that fixes the model, the task and its splits comes from the record (its
+    # default where an older record lacks it), never from this command's flags or --config: a
+    # config's task_options or splits would otherwise score the model on other test prompts.
+    from .config import DEFAULTS
+    recorded = {k: how["config"].get(k, DEFAULTS.get(k)) for k in Session.REBUILD_KEYS}
+    for key in ("sigmas", "batch_size"):  # rebuilding does not depend on them; keep a value
+        if recorded[key] is None:
+            recorded[key] = cfg[key]
+    session_cfg = {**cfg, **recorded, "parameters": how["parameters"], "population": 1,
+                   "top_k": 1}
     s = Session(session_cfg)
     found = model_fingerprint(s.perturber.params)
     if found != how["fingerprint"]:

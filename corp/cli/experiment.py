@@ -134,7 +134,7 @@ class Steps:
         self.folder = folder
         os.makedirs(folder, exist_ok=True)
         relevant = {k: v for k, v in cfg.items() if k not in _NOT_RESULTS and
-                    not k.startswith("_") and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
+                    not k.startswith("_") and not (k in _ADDED_LATER and (v == _ADDED_LATER[k] or v == {}))}
         self.whole = _hash(relevant)
         self.shared = {k: v for k, v in relevant.items() if k not in _STEP_SPECIFIC}
 

@@ -28,7 +28,8 @@ class Session:
             if sizes is not None and str(cfg["task"]).endswith(".py"):
                 raise UsageError(f"--splits applies to built-in tasks; {cfg['task']} sets its "
                                  f"own splits in its TASK object")
-            options = dict((cfg.get("task_options") or {}).get(cfg["task"], {}))
+            cfg_options = (cfg.get("task_options") or {}).get(cfg["task"], {})
+            options = dict(cfg_options)
             if options and str(cfg["task"]).endswith(".py"):
                 raise UsageError(f"task_options apply to built-in tasks; {cfg['task']} builds "
                                  f"its own TASK object")
@@ -36,7 +37,9 @@ class Session:
                 options.update(zip(("n_train", "n_val", "n_test"), sizes))
             try:
                 self.task = load_task(cfg["task"], **options)
-            except TypeError as e:  # an option the task's constructor does not take
+            except (TypeError, ValueError) as e:  # an option the constructor refuses
+                if not cfg_options:
+                    raise
                 raise UsageError(f"task_options for {cfg['task']!r}: {e}") from None
         except UsageError:
             raise
@@ -45,10 +48,12 @@ class Session:
                              f"{type(e).__name__}: {e}") from None
         try:
             self.splits = self.task.splits()
-        except ValueError as e:
-            if not cfg.get("splits"):
+        except (TypeError, ValueError) as e:  # sizes or options the task cannot meet
+            given = [f"--splits {cfg['splits']}" if cfg.get("splits") else "",
+                     f"task_options for {cfg['task']!r} {cfg_options}" if cfg_options else ""]
+            if not any(given):
                 raise
-            raise UsageError(f"--splits {cfg['splits']}: {e}") from None
+            raise UsageError(f"{' and '.join(g for g in given if g)}: {e}") from None
         os.makedirs(self.out, exist_ok=True)  # after every check of the options
         if cfg["model"] == DEFAULT_MODEL:
             self.loaded = builtin_model(os.path.join(self.out, "base-model"), self.task,

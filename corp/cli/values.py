@@ -65,6 +65,28 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _check_task_options(options: dict, cfg: dict, where: str) -> None:
+    """Every task named is one this command runs, and a built-in one whose constructor takes the
+    options (checked before anything runs, not when a later task of an experiment starts)."""
+    import inspect
+    from ..tasks.registry import BUILTIN_TASKS
+    running = set(cfg.get("tasks") or [cfg["task"]])
+    for task, opts in options.items():
+        if task not in running:
+            raise UsageError(f"{where}: task {task!r} is not run here (tasks: "
+                             f"{', '.join(sorted(map(str, running)))})")
+        if task not in BUILTIN_TASKS:
+            raise UsageError(f"{where}: options apply to built-in tasks "
+                             f"({', '.join(sorted(BUILTIN_TASKS))}); {task!r} builds its own")
+        sizes = sorted({"n_train", "n_val", "n_test"} & set(opts))
+        if sizes:
+            raise UsageError(f"{where}: {task}: set prompt counts with splits, not {sizes}")
+        try:
+            inspect.signature(BUILTIN_TASKS[task]).bind_partial(**opts)
+        except TypeError as e:
+            raise UsageError(f"{where}: {task}: {e}") from None
+
+
 def check_config(cfg: dict, origin: dict[str, str], command: str) -> None:
     """Raise UsageError for the first bad value in `cfg`; `origin[key]` names where it came from
     (a flag or a YAML file)."""
@@ -131,6 +153,8 @@ def check_config(cfg: dict, origin: dict[str, str], command: str) -> None:
             for t, o in options.items())):
         bad("task_options", "a mapping from task names to mappings of constructor options "
             "(e.g. {code: {max_k: 25}})")
+    if options:
+        _check_task_options(options, cfg, name("task_options"))
     _check_stage1(cfg["stage1"], name("stage1"))
     _check_corp_config(cfg["corp_config"], name("corp_config"))
     procedures = cfg.get("procedures")
