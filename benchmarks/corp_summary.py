@@ -53,6 +53,8 @@ def verdict(c: dict | None) -> str:
     if c is None:
         return "no paired comparison"
     low, high = c["ci95"]
+    if low == high == 0:
+        return "same reward on every prompt"
     if low > 0:
         return "better (interval above 0)"
     if high < 0:

@@ -39,6 +39,7 @@ def test_rows_by_role_skip_budget_low_rank_and_refused_candidates():
 def test_verdict_follows_the_interval(low, high, expected):
     assert S.verdict(_cmp("a", "b", 0.1, low, high)).startswith(expected)
     assert S.verdict(None) == "no paired comparison"
+    assert S.verdict(_cmp("a", "b", 0.0, 0.0, 0.0, 0.0)) == "same reward on every prompt"
 
 
 def test_summary_quotes_the_experiments_own_comparisons(tmp_path):
