@@ -68,9 +68,9 @@ def test_task_options_reach_the_task_and_bad_ones_name_the_key(tmp_path):
     cfg.write_text("task_options: [add]\n")
     with pytest.raises(SystemExit, match="task_options in .*mapping from task names"):
         main(["search", "--config", str(cfg), "--output-dir", str(tmp_path / "c"), *tiny])
-    # refused before anything runs: a task not run (a typo), prompt counts, a value the task
+    # refused before anything runs: a task name that is no task (a typo), prompt counts, a value the task
     # cannot use (3 operands give 9 sums, fewer than the splits need)
-    for text, message in [("task_options: {ad: {max_operand: 20}}", "task 'ad' is not run"),
+    for text, message in [("task_options: {ad: {max_operand: 20}}", "'ad' is not a built-in task"),
                           ("task_options: {add: {n_train: 4}}", "with splits"),
                           ("task_options: {add: {max_operand: 3}}",
                            "task_options for 'add' .*distinct examples")]:
