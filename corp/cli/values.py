@@ -70,7 +70,7 @@ def _check_task_options(options: dict, cfg: dict, where: str) -> None:
     tasks a flag leaves out of this run) whose constructor takes the options: checked before
     anything runs, not when a later task of an experiment starts."""
     import inspect
-    from ..tasks.registry import BUILTIN_TASKS
+    from ..tasks import BUILTIN_TASKS
     for task, opts in options.items():
         if task not in BUILTIN_TASKS:
             raise UsageError(f"{where}: {task!r} is not a built-in task (options apply to "
