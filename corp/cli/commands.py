@@ -281,9 +281,6 @@ def cmd_rebuild(cfg: dict) -> dict:
     # config's task_options or splits would otherwise score the model on other test prompts.
     from .config import DEFAULTS
     recorded = {k: how["config"].get(k, DEFAULTS.get(k)) for k in Session.REBUILD_KEYS}
-    for key in ("sigmas", "batch_size"):  # rebuilding does not depend on them; keep a value
-        if recorded[key] is None:
-            recorded[key] = cfg[key]
     session_cfg = {**cfg, **recorded, "parameters": how["parameters"], "population": 1,
                    "top_k": 1}
     s = Session(session_cfg)

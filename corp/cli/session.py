@@ -29,10 +29,7 @@ class Session:
                 raise UsageError(f"--splits applies to built-in tasks; {cfg['task']} sets its "
                                  f"own splits in its TASK object")
             cfg_options = (cfg.get("task_options") or {}).get(cfg["task"], {})
-            options = dict(cfg_options)
-            if options and str(cfg["task"]).endswith(".py"):
-                raise UsageError(f"task_options apply to built-in tasks; {cfg['task']} builds "
-                                 f"its own TASK object")
+            options = dict(cfg_options)  # check_config allows them for built-in tasks only
             if sizes:
                 options.update(zip(("n_train", "n_val", "n_test"), sizes))
             try:

@@ -65,7 +65,7 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _check_task_options(options: dict, cfg: dict, where: str) -> None:
+def _check_task_options(options: dict, where: str) -> None:
     """Every task named is a built-in one (a typo is not silently ignored; a config may name
     tasks a flag leaves out of this run) whose constructor takes the options: checked before
     anything runs, not when a later task of an experiment starts."""
@@ -151,7 +151,7 @@ def check_config(cfg: dict, origin: dict[str, str], command: str) -> None:
         bad("task_options", "a mapping from task names to mappings of constructor options "
             "(e.g. {code: {max_k: 25}})")
     if options:
-        _check_task_options(options, cfg, name("task_options"))
+        _check_task_options(options, name("task_options"))
     _check_stage1(cfg["stage1"], name("stage1"))
     _check_corp_config(cfg["corp_config"], name("corp_config"))
     procedures = cfg.get("procedures")
