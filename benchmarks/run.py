@@ -22,10 +22,11 @@ import torch.nn.functional as F
 
 import corp_kernels as ck
 from corp_kernels import dispatch
+from corp_kernels._chunked import STRATEGIES, strategy_forced
 
 from corp_kernels._memory import allocation_profile
 
-from ._measure import interleaved_medians
+from ._measure import interleaved_medians, interleaved_times, medians, paired_ratio_interval
 
 RESULTS_DIR = Path(__file__).parent / "results"
 SIGMA = 1e-3
@@ -62,6 +63,29 @@ def bench_noise(device, dtype, sizes, repeats):
     return rows
 
 
+def _forced_strategies(call):
+    """The call under each strategy forced ("fused", "chunked"), timed beside the dispatcher's own
+    choice: the rows behind the dispatchers' rules (corp_kernels/impl/cpp.py,
+    corp_kernels/triton_kernels/perturbed_linear.py)."""
+    def forced(strategy):
+        def run():
+            with strategy_forced(strategy):
+                return call()
+        return run
+    return {f"forced_{s}": forced(s) for s in STRATEGIES}
+
+
+def _ratio_interval(times, baseline, ours):
+    """95% interval of baseline / ours, paired by round: below 1 only if ours is shown slower."""
+    lo, hi = paired_ratio_interval(times[baseline], times[ours])
+    return {"ratio_lo": lo, "ratio_hi": hi}
+
+
+def _strategy_ratios(times, baseline):
+    """baseline / time of each forced strategy: the dispatcher's choice should be the larger."""
+    return {f"{s}_ratio": times[baseline] / times[f"forced_{s}"] for s in STRATEGIES}
+
+
 def bench_perturbed_linear(device, dtype, tokens_list, shapes, repeats):
     rows = []
     for n_out, n_in in shapes:
@@ -76,9 +100,13 @@ def bench_perturbed_linear(device, dtype, tokens_list, shapes, repeats):
                 eps = ck.gaussian_noise(w.shape, 11, dtype=dtype, device=device)
                 return F.linear(x, w + SIGMA * eps)
 
-            t = interleaved_medians({"fused": fused, "materialize": materialize,
-                                     "plain": lambda: F.linear(x, w)}, repeats, device)
-            extra = {"plain_s": t["plain"], "fused_over_plain": t["fused"] / t["plain"]}
+            times = interleaved_times({"fused": fused, "materialize": materialize,
+                                       "plain": lambda: F.linear(x, w),
+                                       **_forced_strategies(fused)}, repeats, device)
+            t = medians(times)
+            extra = {"plain_s": t["plain"], "fused_over_plain": t["fused"] / t["plain"],
+                     **_ratio_interval(times, "materialize", "fused"),
+                     **_strategy_ratios(t, "materialize")}
             if device == "cpu":
                 # Peak bytes allocated during the call (output included) vs. W's own size.
                 extra.update(w_bytes=w.numel() * w.element_size(),
@@ -103,11 +131,16 @@ def bench_population(device, dtype, members, tokens, shapes, repeats):
                 outs.append(F.linear(x[p], w + SIGMA * eps))
             return torch.stack(outs)
 
-        t = interleaved_medians({
-            "population": lambda: ck.population_linear(x, w, None, seeds, SIGMA),
-            "sequential": sequential}, repeats, device)
+        def population():
+            return ck.population_linear(x, w, None, seeds, SIGMA)
+
+        times = interleaved_times({"population": population, "sequential": sequential,
+                                   **_forced_strategies(population)}, repeats, device)
+        t = medians(times)
         rows.append(_row("population_linear", f"P={members} T={tokens} W={n_out}x{n_in}",
-                         t["population"], t["sequential"]))
+                         t["population"], t["sequential"],
+                         **_ratio_interval(times, "sequential", "population"),
+                         **_strategy_ratios(t, "sequential")))
     return rows
 
 
@@ -181,17 +214,24 @@ def to_markdown(rows: list[Row]) -> str:
     lines = ["| benchmark | config | ours (ms) | baseline (ms) | baseline / ours | notes |",
              "|---|---|---:|---:|---:|---|"]
     for r in rows:
+        extra = dict(r.extra)
+        ratio = f"{r.ratio:.2f}"
+        if "ratio_lo" in extra:  # the paired 95% interval, where the benchmark measured one
+            ratio += f" [{extra.pop('ratio_lo'):.2f}, {extra.pop('ratio_hi'):.2f}]"
         notes = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in r.extra.items())
+                          for k, v in extra.items())
         lines.append(f"| {r.bench} | {r.config} | {r.ours_s * 1e3:.3f} | "
-                     f"{r.baseline_s * 1e3:.3f} | {r.ratio:.2f} | {notes} |")
+                     f"{r.baseline_s * 1e3:.3f} | {ratio} | {notes} |")
     return "\n".join(lines)
 
 
 BASELINES = {
     "noise_generation": "torch.randn of the same size (both allocate)",
-    "perturbed_linear": "materialize W + sigma*eps (our generator), then F.linear",
-    "population_linear": "8 sequential members, each materialized",
+    "perturbed_linear": "materialize W + sigma*eps (our generator), then F.linear (fused_ratio, "
+                        "chunked_ratio: that baseline over each strategy forced; ours is the "
+                        "dispatcher's pick)",
+    "population_linear": "8 sequential members, each materialized (fused_ratio, chunked_ratio: "
+                         "as for perturbed_linear)",
     "weighted_noise_sum": "loop: torch.Generator per member, acc += w * torch.randn",
     "randomized_svd_noise": "materialize the sum, then torch.svd_lowrank(q=rank+10, niter=2)",
 }
@@ -214,10 +254,10 @@ def main(argv=None) -> int:
                 + bench_weighted_sum(device, (576, 576), [8], 3)
                 + bench_rsvd(device, (576, 576), 8, 8, 3))
     else:
-        shapes = [(576, 576), (1536, 576), (2048, 2048), (4096, 4096)]
+        shapes = [(576, 576), (1536, 576), (2048, 576), (2048, 2048), (4096, 4096)]
         rows = (bench_noise(device, dtype, [1 << 20, 1 << 24], 9)
                 + bench_perturbed_linear(device, dtype, [1, 4, 16, 64, 128, 1024], shapes, 15)
-                + bench_population(device, dtype, 8, 16, [(576, 576), (2048, 2048)], 3)
+                + bench_population(device, dtype, 8, 16, [(576, 576), (2048, 2048)], 9)
                 + bench_weighted_sum(device, (1536, 576), [8, 50, 500], 3)
                 + bench_rsvd(device, (2048, 2048), 50, 16, 3))
     name = device_name(device)
