@@ -143,16 +143,22 @@ def two_threads():
     torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("strategy", ["fused", "chunked"])
 @pytest.mark.parametrize("tokens", [1, 3, 17, 130])
-def test_cpp_ops_keep_the_callers_grad_and_inference_mode_on_every_thread(two_threads, tokens):
+def test_cpp_ops_keep_the_callers_grad_and_inference_mode_on_every_thread(two_threads, monkeypatch,
+                                                                          tokens, strategy):
     """at::parallel_for's workers do not inherit grad/inference mode: an ATen op there on x that
     requires grad, or on an output made in inference mode, was refused (T = 2-15 since the
-    few-token layout stopped copying x; T = 1 and noise_sketch before that)."""
+    few-token layout stopped copying x; T = 1 and noise_sketch before that). Each strategy is
+    forced: the dispatcher sends a W this small to the chunked one."""
     if not dispatch.backends()["cpp"].available:
         pytest.skip("the C++ extension is not built")
+    monkeypatch.setenv("CORP_KERNELS_LINEAR_STRATEGY", strategy)
     w = torch.randn(40, 6)
     x = torch.randn(tokens, 6)
     expected = ck.perturbed_linear(x, w, None, 3, 0.1, backend="cpp")
+    expected_population = ck.population_linear(torch.stack([x, x]), w, None, [3, 4], 0.1,
+                                                backend="cpp")
     x_grad = x.clone().requires_grad_()
     torch.testing.assert_close(ck.perturbed_linear(x_grad, w, None, 3, 0.1, backend="cpp"),
                                expected, rtol=0, atol=0)
@@ -161,7 +167,8 @@ def test_cpp_ops_keep_the_callers_grad_and_inference_mode_on_every_thread(two_th
                                    expected, rtol=0, atol=0)
         population = ck.population_linear(torch.stack([x, x]), w, None, [3, 4], 0.1,
                                           backend="cpp")
-    torch.testing.assert_close(population[0], expected, rtol=0, atol=0)
+    torch.testing.assert_close(population, expected_population, rtol=0, atol=0)
+    torch.testing.assert_close(population[0], expected, rtol=1e-5, atol=1e-6)
     test_matrix = torch.randn(6, 3)
     for side, tm in (("right", test_matrix), ("left", torch.randn(3, 40))):
         sketch = ck.noise_sketch((40, 6), [1, 2], [0.5, -1.0], tm, side=side, backend="cpp")

@@ -66,6 +66,22 @@ def test_perturbed_linear(backend_device, shape, dtype, bias):
     _assert_as_accurate_as_plain_pytorch(out, x, w, b, (1 << 63) + 5, 0.02)
 
 
+@pytest.mark.skipif(not dispatch.backends()["cpp"].available, reason="C++ extension not built")
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("offset", [0, 7])
+def test_cpp_panel_kernel_over_odd_shapes(monkeypatch, shape, dtype, bias, offset):
+    # The dispatcher sends a single member with a W this small to the chunked strategy (above),
+    # so the panel kernel's layouts (T < 16, T >= 16, many tokens) are checked here, forced.
+    monkeypatch.setenv("CORP_KERNELS_LINEAR_STRATEGY", "fused")
+    x, w, b = _inputs(*shape, dtype, bias)
+    out = ck.perturbed_linear(x, w, b, seed=(1 << 63) + 5, sigma=0.02, offset=offset,
+                              backend="cpp")
+    assert out.shape == (shape[0], shape[1]) and out.dtype == dtype
+    _assert_as_accurate_as_plain_pytorch(out, x, w, b, (1 << 63) + 5, 0.02, offset)
+
+
 def test_perturbed_linear_leading_dims_and_offset(backend_device):
     backend, device = backend_device
     x, w, b = _inputs(6, 20, 30, torch.float32, True)
@@ -115,8 +131,10 @@ def _largest_allocation(fn) -> int:
 
 
 @pytest.mark.skipif(not dispatch.backends()["cpp"].available, reason="C++ extension not built")
-def test_fused_cpp_never_allocates_a_weight_sized_tensor():
-    w = torch.randn(1024, 1024)  # 4 MiB
+def test_cpp_never_allocates_a_weight_sized_tensor_beyond_one_chunk(monkeypatch):
+    from corp_kernels.impl import cpp
+    monkeypatch.delenv("CORP_KERNELS_LINEAR_STRATEGY", raising=False)
+    w = torch.randn(2048, 1024)  # 8 MiB: two chunks, so the panel kernel runs
     x = torch.randn(4, 1024)
     w_bytes = w.numel() * w.element_size()
     fused = _largest_allocation(lambda: ck.perturbed_linear(x, w, None, 1, 0.01, backend="cpp"))
@@ -128,6 +146,14 @@ def test_fused_cpp_never_allocates_a_weight_sized_tensor():
     population = _largest_allocation(lambda: ck.population_linear(
         x.expand(8, 4, 1024).contiguous(), w, None, list(range(8)), 0.01, backend="cpp"))
     assert population < w_bytes / 8
+    # A W that fits one chunk is perturbed whole (one GEMM is faster), into one buffer of its size.
+    small = w[:1024].clone()
+    one_chunk = _largest_allocation(
+        lambda: ck.perturbed_linear(x, small, None, 1, 0.01, backend="cpp"))
+    assert small.numel() * 4 <= one_chunk <= cpp.CHUNK_BYTES
+    monkeypatch.setenv("CORP_KERNELS_LINEAR_STRATEGY", "fused")
+    assert _largest_allocation(
+        lambda: ck.perturbed_linear(x, small, None, 1, 0.01, backend="cpp")) < w_bytes / 16
 
 
 # --- Triton strategies: each one forced, over the shapes that exercise its own code paths ---------
@@ -285,23 +311,55 @@ def test_cpp_strategies_match_the_definition(monkeypatch, strategy, dtype, membe
     torch.testing.assert_close(out.float(), other.float(), rtol=tol, atol=tol)
 
 
+def _cpp_strategy_taken(monkeypatch, tokens, n_out, n_in, members):
+    """Which strategy the C++ backend's dispatcher ran for these sizes (no override set)."""
+    from corp_kernels.impl import cpp
+    monkeypatch.delenv("CORP_KERNELS_LINEAR_STRATEGY", raising=False)
+    taken = []
+    original = cpp._chunked
+    monkeypatch.setattr(cpp, "_chunked",
+                        lambda *a, **k: (taken.append("chunked"), original(*a, **k))[1])
+    x, w, _ = _inputs(tokens, n_in, n_out, torch.float32, False, members=members)
+    if members is None:
+        ck.perturbed_linear(x, w, None, 1, 0.1, backend="cpp")
+    else:
+        ck.population_linear(x, w, None, list(range(1, members + 1)), 0.1, backend="cpp")
+    return "chunked" if taken == ["chunked"] else ("fused" if not taken else taken)
+
+
 @cpp_available
 @pytest.mark.parametrize("tokens, members, expected", [
     (511, None, "fused"), (512, None, "chunked"), (511, 2, "fused"), (512, 2, "chunked")])
 def test_cpp_rule_counts_tokens_per_member(monkeypatch, tokens, members, expected):
     from corp_kernels.impl import cpp
-    monkeypatch.delenv("CORP_KERNELS_LINEAR_STRATEGY", raising=False)
     assert cpp.CHUNKED_MIN_TOKENS == 512
-    taken = []
-    original = cpp._chunked
-    monkeypatch.setattr(cpp, "_chunked",
-                        lambda *a, **k: (taken.append("chunked"), original(*a, **k))[1])
-    x, w, _ = _inputs(tokens, 6, 8, torch.float32, False, members=members)
-    if members is None:
-        ck.perturbed_linear(x, w, None, 1, 0.1, backend="cpp")
-    else:
-        ck.population_linear(x, w, None, [1, 2], 0.1, backend="cpp")
-    assert taken == ([] if expected == "fused" else ["chunked"])
+    # W (8 x 6 floats) one float larger than a chunk, so that only the token count decides.
+    monkeypatch.setattr(cpp, "CHUNK_BYTES", 8 * 6 * 4 - 4)
+    assert _cpp_strategy_taken(monkeypatch, tokens, 8, 6, members) == expected
+
+
+@cpp_available
+@pytest.mark.parametrize("tokens", [1, 4, 511])
+@pytest.mark.parametrize("members", [None, 2])
+@pytest.mark.parametrize("w_vs_chunk", ["fits", "one float over"])
+def test_cpp_rule_chunks_a_single_member_whose_weight_fits_one_chunk(monkeypatch, tokens, members,
+                                                                     w_vs_chunk):
+    # Below CHUNKED_MIN_TOKENS, one member whose float32 W fits one chunk is perturbed whole and
+    # multiplied by one GEMM; a larger W, or a population, keeps the panel kernel.
+    from corp_kernels.impl import cpp
+    monkeypatch.setattr(cpp, "CHUNK_BYTES", 9 * 7 * 4 - (0 if w_vs_chunk == "fits" else 4))
+    expected = "chunked" if members is None and w_vs_chunk == "fits" else "fused"
+    assert _cpp_strategy_taken(monkeypatch, tokens, 9, 7, members) == expected
+
+
+def test_cpp_rule_sizes_weights_in_float32_whatever_their_dtype(monkeypatch):
+    # The chunk buffer is float32 for every input dtype: a bf16 W of 4 MiB is 8 MiB of buffer.
+    from corp_kernels.impl import cpp
+    monkeypatch.delenv("CORP_KERNELS_LINEAR_STRATEGY", raising=False)
+    numel = cpp.CHUNK_BYTES // 4
+    assert cpp.choose_strategy(1, numel) == "chunked"
+    assert cpp.choose_strategy(1, numel + 1) == "fused"
+    assert cpp.choose_strategy(1, numel, members=1) == "fused"
 
 
 def test_strategy_forced_sets_and_restores_the_override(monkeypatch):

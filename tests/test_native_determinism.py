@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import corp_kernels as ck
+from corp_kernels._chunked import strategy_forced
 
 pytestmark = pytest.mark.skipif(not ck.backends()["cpp"].available,
                                 reason="C++ extension not built")
@@ -22,6 +23,11 @@ def _data(*shape, dtype=torch.float32, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
+def _forced(strategy, call):
+    with strategy_forced(strategy):
+        return call()
+
+
 W_BF16 = _data(257, 129, dtype=torch.bfloat16, seed=1)
 SEEDS = [3, (1 << 63) + 5, 77]
 WEIGHTS = [0.5, -1.25, 2.0]
@@ -31,12 +37,17 @@ CASES = {
     "add_noise_ bf16": lambda: ck.add_noise_(_data(100_003, dtype=torch.bfloat16), 9, 0.1,
                                              backend="cpp"),
     "weighted_noise_sum": lambda: ck.weighted_noise_sum((300, 1001), SEEDS, WEIGHTS, backend="cpp"),
+    # The panel kernel, forced (the dispatcher sends a W this small to the chunked strategy):
     # 3 and 40 tokens: cache-sized panels, one thread each (products written into y's columns
-    # below 16 tokens, into y^T from 16 on); 130: big panels and a multi-threaded GEMM; 600: the
-    # chunked strategy (W + sigma * eps in blocks, then torch's matmul).
+    # below 16 tokens, into y^T from 16 on); 130: big panels and a multi-threaded GEMM.
+    **{f"perturbed_linear fused T={t}": (lambda t=t: _forced("fused", lambda: ck.perturbed_linear(
+        _data(t, 129, dtype=torch.bfloat16, seed=2), W_BF16, None, 11, 0.05, backend="cpp")))
+       for t in (3, 40, 130)},
+    # The dispatcher's own choice, chunked here (W + sigma * eps in blocks, then torch's matmul):
+    # a one-token product (a GEMV), a few tokens, and many.
     **{f"perturbed_linear T={t}": (lambda t=t: ck.perturbed_linear(
         _data(t, 129, dtype=torch.bfloat16, seed=2), W_BF16, None, 11, 0.05, backend="cpp"))
-       for t in (3, 40, 130, 600)},
+       for t in (1, 3, 40, 600)},
     "population_linear": lambda: ck.population_linear(
         _data(3, 5, 129, seed=3), W_BF16.float(), None, SEEDS, [0.01, 0.02, 0.03], backend="cpp"),
     # 8000 x 64: 16 row panels of 512, so the left sketch sums 16 parts.

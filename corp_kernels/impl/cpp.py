@@ -30,17 +30,36 @@ def weighted_noise_sum(shape, seeds, weights, offset, device):
 
 
 # perturbed_linear / population_linear: the C++ kernel perturbs cache-sized panels of W and
-# regenerates them for every call; from CHUNKED_MIN_TOKENS tokens per member on, the chunked
-# strategy (corp_kernels._chunked: W + sigma*eps in CHUNK_BYTES blocks, then the BLAS) is faster.
-# Measured on 2 x86-64 cores, fp32 (benchmarks/results/cpu-*.md), time of materialize-then-GEMM
-# over ours: at T = 256 the C++ kernel 1.24-1.98x, chunked 1.26-2.10x; at T = 512 the C++ kernel
-# 0.78-1.45x, chunked 0.95-1.49x; at T = 1024 the C++ kernel 0.68-1.03x, chunked 1.00-1.26x.
+# regenerates them for every call. The chunked strategy (corp_kernels._chunked: W + sigma*eps in
+# CHUNK_BYTES blocks, then the BLAS) is faster in two cases, measured on 2 x86-64 cores, fp32
+# (benchmarks/results/cpu-*.md; time of materialize-then-GEMM over ours):
+# - From CHUNKED_MIN_TOKENS tokens per member on, whatever W's size: at T = 256 the C++ kernel
+#   1.24-1.98x, chunked 1.26-2.10x; at T = 512 the C++ kernel 0.78-1.45x, chunked 0.95-1.49x; at
+#   T = 1024 the C++ kernel 0.68-1.03x, chunked 1.00-1.26x.
+# - One member whose float32 W fits one chunk: one pass of the generator into a buffer of W's size
+#   (4 MiB at most), then one GEMM, which beats the panel kernel's many small products at every
+#   token count, or ties with them. In the benchmark table (columns fused_ratio, chunked_ratio),
+#   576 x 576 at T = 1-128: C++ kernel 0.97-1.16x, chunked 1.09-1.25x; 1536 x 576 at T = 4-128,
+#   a tie: kernel 1.06-1.50x, chunked 1.09-1.45x (in separate runs, kernel 1.03-1.25x, chunked
+#   1.16-1.32x; 1024 x 1024 kernel 1.02-1.22x, chunked 1.11-1.30x). At 2048 x 576 (two chunks)
+#   the kernel wins below T = 512 (1.07-1.33x against 1.07-1.16x), so W larger than a chunk stays
+#   fused, with no W-sized buffer. A population keeps the panel kernel: P = 8, T = 16, 576 x 576
+#   1.20x against chunked 1.16x, 2048 x 2048 2.08x against 1.78x.
 CHUNKED_MIN_TOKENS = 512
 CHUNK_BYTES = 4 << 20
 
 
-def choose_strategy(tokens: int) -> str:
-    return forced_strategy() or ("chunked" if tokens >= CHUNKED_MIN_TOKENS else "fused")
+def choose_strategy(tokens: int, weight_numel: int, members: int | None = None) -> str:
+    """fused or chunked for `tokens` tokens per member, a W of `weight_numel` elements (computed
+    in float32 whatever its dtype), and `members` members (None: perturbed_linear's one)."""
+    forced = forced_strategy()
+    if forced:
+        return forced
+    if tokens >= CHUNKED_MIN_TOKENS:
+        return "chunked"
+    if members is None and weight_numel * 4 <= CHUNK_BYTES:
+        return "chunked"
+    return "fused"
 
 
 def _perturbed_copy(out, src, seed, sigma, offset):
@@ -56,7 +75,8 @@ def _chunked(x, weight, bias, seeds, sigmas, offset, population):
 
 def perturbed_linear(x, weight, bias, seed, sigma, offset):
     K = weight.shape[1]
-    if x.numel() and weight.numel() and choose_strategy(x.numel() // K) == "chunked":
+    if x.numel() and weight.numel() and \
+            choose_strategy(x.numel() // K, weight.numel()) == "chunked":
         return _chunked(x, weight, bias, [seed], [sigma], offset, population=False)
     return _ops().perturbed_linear(x, weight, bias, seed, offset, sigma)
 
@@ -64,7 +84,8 @@ def perturbed_linear(x, weight, bias, seed, sigma, offset):
 def population_linear(x, weight, bias, seeds, sigmas, offset):
     K = weight.shape[1]
     if x.numel() and weight.numel() and \
-            choose_strategy(x.numel() // (K * x.shape[0])) == "chunked":
+            choose_strategy(x.numel() // (K * x.shape[0]), weight.numel(),
+                            x.shape[0]) == "chunked":
         return _chunked(x, weight, bias, seeds.tolist(), sigmas.tolist(), offset, population=True)
     return _ops().population_linear(x, weight, bias, seeds, sigmas, offset)
 
