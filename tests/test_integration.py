@@ -181,3 +181,62 @@ def test_cpp_ops_keep_the_callers_grad_and_inference_mode_on_every_thread(two_th
     with torch.inference_mode():
         gram = ck.noise_gram((40, 6), [1, 2, 3], backend="cpp")
     torch.testing.assert_close(gram, ck.noise_gram((40, 6), [1, 2, 3], backend="cpp"))
+
+
+# --- eager calls of the matmul ops skip the dispatcher only where nothing could tell -------------
+
+def _spy_on_bodies(monkeypatch):
+    """Count the direct calls of the matmul ops' bodies (the op path does not go through here)."""
+    from corp_kernels import ops
+    direct = []
+    for op in (ops._perturbed_linear_op, ops._population_linear_op):
+        body = ops._BODIES[op]
+        monkeypatch.setitem(ops._BODIES, op,
+                            lambda *a, body=body, name=op.name(): (direct.append(name), body(*a))[1])
+    return direct
+
+
+def test_eager_matmul_ops_call_their_bodies_directly_with_the_ops_results(monkeypatch):
+    from corp_kernels import ops
+    x, b = torch.randn(3, 8), torch.randn(6)
+    w = torch.nn.Parameter(torch.randn(6, 8))  # a module's weight: still a direct call
+    xs = torch.stack([x, 2 * x])
+    seeds, sigmas = torch.tensor([11, 12]), torch.tensor([0.05, 0.1], dtype=torch.float64)
+    with torch.no_grad():  # the ops themselves, called by hand
+        backend = dispatch.resolve(None, x.device, "perturbed_linear")
+        expected = (ops._perturbed_linear_op(x, w, b, 11, 0.05, 0, backend),
+                    ops._population_linear_op(xs, w, b, seeds, sigmas, 0, backend))
+    direct = _spy_on_bodies(monkeypatch)
+    with torch.no_grad():
+        got = (ck.perturbed_linear(x, w, b, 11, 0.05),
+               ck.population_linear(xs, w, b, [11, 12], [0.05, 0.1]))
+    with torch.inference_mode():
+        ck.perturbed_linear(x, w, b, 11, 0.05)
+    ck.perturbed_linear(x, w.detach(), b, 11, 0.05)  # grad mode, but nothing requires grad
+    assert direct == ["corp_kernels::perturbed_linear", "corp_kernels::population_linear"] + \
+        ["corp_kernels::perturbed_linear"] * 2
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+
+def test_matmul_ops_go_through_the_dispatcher_when_something_could_tell(monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    direct = _spy_on_bodies(monkeypatch)
+    # Autograd would record the call: the op's backward must be there to name the op.
+    x = torch.randn(2, 8, requires_grad=True)
+    y = ck.perturbed_linear(x, torch.randn(4, 8), None, 3, 0.1)
+    with pytest.raises(RuntimeError, match="perturbed_linear has no gradient"):
+        y.sum().backward()
+    # A parameter that requires grad, under grad mode, likewise.
+    w = torch.nn.Parameter(torch.randn(4, 8))
+    assert ck.population_linear(torch.randn(1, 2, 8), w, None, [3], 0.1).grad_fn is not None
+    # Fake tensors (tracing, shape propagation): the fake implementation answers.
+    with FakeTensorMode():
+        fake = ck.population_linear(torch.randn(2, 3, 8), torch.randn(4, 8), None, [1, 2], 0.1)
+    assert fake.shape == (2, 3, 4) and type(fake).__name__ == "FakeTensor"
+    # The profiler records the op by name.
+    with torch.no_grad(), torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        ck.perturbed_linear(torch.randn(2, 8), torch.randn(4, 8), None, 3, 0.1)
+    assert "corp_kernels::perturbed_linear" in {e.name for e in prof.events()}
+    assert direct == []

@@ -94,6 +94,18 @@ def test_weighted_sum_errors():
         ck.weighted_noise_sum((4,), [1], torch.tensor([math.inf]))
     with pytest.raises(ValueError, match="seeds must hold integers"):
         ck.weighted_noise_sum((4,), torch.tensor([1.0, 2.0]), [1.0, 1.0])
+    with pytest.raises(ValueError, match="weights must be a sequence of floats: got text '1.5'"):
+        ck.weighted_noise_sum((4,), [1], ["1.5"])
+    with pytest.raises(ValueError, match="weights must be a sequence of floats"):
+        ck.weighted_noise_sum((4,), [1], [None])
+    with pytest.raises(ValueError, match="sigmas must be finite: sigmas\\[2\\] = -inf"):
+        ck.population_linear(torch.zeros(3, 1, 5), torch.zeros(2, 5), None, [1, 2, 3],
+                             [0.1, 0.2, -math.inf])
+    # Numbers of any kind (numpy, 0-d tensors) are taken as their float values.
+    numpy = pytest.importorskip("numpy")
+    out = ck.weighted_noise_sum((4,), [1, 2], [numpy.float32(0.5), torch.tensor(0.25)])
+    torch.testing.assert_close(out, ck.weighted_noise_sum((4,), [1, 2], [0.5, 0.25]),
+                               rtol=0, atol=0)
 
 
 def test_sketch_errors():
