@@ -37,14 +37,16 @@ def weighted_noise_sum(shape, seeds, weights, offset, device):
 #   1.24-1.98x, chunked 1.26-2.10x; at T = 512 the C++ kernel 0.78-1.45x, chunked 0.95-1.49x; at
 #   T = 1024 the C++ kernel 0.68-1.03x, chunked 1.00-1.26x.
 # - One member whose float32 W fits one chunk: one pass of the generator into a buffer of W's size
-#   (4 MiB at most), then one GEMM, which beats the panel kernel's many small products at every
-#   token count, or ties with them. In the benchmark table (columns fused_ratio, chunked_ratio),
-#   576 x 576 at T = 1-128: C++ kernel 0.97-1.16x, chunked 1.09-1.25x; 1536 x 576 at T = 4-128,
-#   a tie: kernel 1.06-1.50x, chunked 1.09-1.45x (in separate runs, kernel 1.03-1.25x, chunked
-#   1.16-1.32x; 1024 x 1024 kernel 1.02-1.22x, chunked 1.11-1.30x). At 2048 x 576 (two chunks)
-#   the kernel wins below T = 512 (1.07-1.33x against 1.07-1.16x), so W larger than a chunk stays
-#   fused, with no W-sized buffer. A population keeps the panel kernel: P = 8, T = 16, 576 x 576
-#   1.20x against chunked 1.16x, 2048 x 2048 2.08x against 1.78x.
+#   (4 MiB at most), then one GEMM, where the panel kernel makes many small products. It ties with
+#   the panel kernel or beats it at every token count, and it never lost to materialize-then-GEMM
+#   where the panel kernel did. Benchmark table (columns fused_ratio, chunked_ratio), two runs:
+#   576 x 576 at T = 1-128, kernel 0.97-1.16x and 1.03-1.42x, chunked 1.09-1.25x and 1.18-1.39x;
+#   at T = 1024 kernel 0.75-0.78x, chunked 1.01-1.05x; 1536 x 576 at T = 4-128, kernel 1.06-1.50x,
+#   chunked 1.09-1.45x (1024 x 1024, measured apart: kernel 1.02-1.22x, chunked 1.11-1.30x). At
+#   2048 x 576 (two chunks) the kernel wins below T = 512 (1.07-1.50x against 1.07-1.19x), so W
+#   larger than a chunk stays fused, with no W-sized buffer. A population keeps the panel kernel:
+#   P = 8, T = 16, 576 x 576 1.20-1.30x against chunked 1.16-1.18x, 2048 x 2048 2.01-2.08x against
+#   1.66-1.78x.
 CHUNKED_MIN_TOKENS = 512
 CHUNK_BYTES = 4 << 20
 

@@ -333,6 +333,10 @@ at::Tensor population_forward(const at::Tensor& x3, const at::Tensor& weight,
                               const std::vector<uint64_t>& seeds, const std::vector<float>& sigmas,
                               int64_t offset) {
   TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous");
+  // The ATen calls below (views of y and x, one product per panel) are internal: no autograd
+  // kernel or view tracking is wanted for them, and that bookkeeping was most of the cost of a
+  // panel on small layers (perf: VariableType, DifferentiableViewMeta, as_view).
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t P = x3.size(0), T = x3.size(1), K = x3.size(2), N = weight.size(0);
   if (P == 0 || T == 0 || N == 0 || K == 0) {
     // Nothing to multiply: the product over an empty in_features is zero (y is then the bias).
@@ -432,6 +436,7 @@ at::Tensor noise_sketch(int64_t rows, int64_t cols, const at::Tensor& seeds,
   TORCH_CHECK(left ? test_matrix.size(1) == rows : test_matrix.size(0) == cols,
               "noise_sketch: test_matrix must be ", left ? "[r, rows]" : "[cols, r]", " for ",
               rows, "x", cols, ", got ", test_matrix.sizes());
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // see population_forward
   auto s = seeds.to(at::kLong).contiguous();
   auto w = weights.to(at::kFloat).contiguous();
   auto tm = test_matrix.to(at::kFloat).contiguous();
@@ -493,6 +498,7 @@ at::Tensor noise_gram(int64_t numel, const at::Tensor& seeds, int64_t offset) {
   TORCH_CHECK(seeds.dim() == 1 && seeds.numel() > 0, "noise_gram: seeds must be 1-D and non-empty, "
               "got ", seeds.sizes());
   TORCH_CHECK(numel >= 0, "noise_gram: numel must be >= 0, got ", numel);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // see population_forward
   auto s = seeds.to(at::kLong).contiguous();
   const int64_t K = s.numel();
   const int64_t L = std::max<int64_t>(256, std::min<int64_t>(numel, kGramChunkFloats / K) / 16 * 16);
