@@ -55,6 +55,19 @@ def test_paired_ratio_interval_pairs_by_round_not_by_sorted_value():
     assert paired_ratio_interval(baseline, ours) == (1.5, 1.5)
 
 
+def test_paired_ratio_interval_keeps_each_rounds_pair_together():
+    # Per-round ratios 3, 0.5 and 2. Pairing the sorted times instead (1.5, 1.5, 1.33) would
+    # hide the scatter of the real pairs.
+    assert paired_ratio_interval([3.0, 1.5, 4.0], [1.0, 3.0, 2.0]) == (0.5, 3.0)
+
+
+def test_paired_ratio_interval_narrows_with_the_level_on_both_sides():
+    ratios = [0.9, 1.1, 0.95, 1.05, 1.0, 0.92, 1.08, 0.97, 1.03, 1.0, 0.94, 1.06, 0.99, 1.01, 0.96]
+    lo95, hi95 = paired_ratio_interval(ratios, [1.0] * len(ratios), level=0.95)
+    lo50, hi50 = paired_ratio_interval(ratios, [1.0] * len(ratios), level=0.5)
+    assert lo95 < lo50 <= hi50 < hi95
+
+
 @pytest.mark.parametrize("num, den, level, match", [
     ([1.0], [1.0, 2.0], 0.95, "equal length"), ([], [], 0.95, "non-empty"),
     ([1.0], [1.0], 1.0, "level")])

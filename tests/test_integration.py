@@ -234,6 +234,19 @@ def test_matmul_ops_go_through_the_dispatcher_when_something_could_tell(monkeypa
     with FakeTensorMode():
         fake = ck.population_linear(torch.randn(2, 3, 8), torch.randn(4, 8), None, [1, 2], 0.1)
     assert fake.shape == (2, 3, 4) and type(fake).__name__ == "FakeTensor"
+    # A dispatch mode over plain tensors (here one that logs every op it sees) sees the op.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Log(TorchDispatchMode):
+        seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Log.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Log():
+        ck.perturbed_linear(torch.randn(2, 8), torch.randn(4, 8), None, 3, 0.1)
+    assert "corp_kernels.perturbed_linear.default" in Log.seen, Log.seen
     # The profiler records the op by name.
     with torch.no_grad(), torch.profiler.profile(
             activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
