@@ -85,7 +85,10 @@ def summarize(results: list[tuple[str, dict]]) -> str:
                 raise ValueError(f"{name}: task {task!r} has no RandOpt best-member row")
 
             def reward(role):
-                return f"{rows[role]['reward']:.3f}" if role in rows else "-"
+                if role not in rows:
+                    return "-"
+                kept = "gate kept the base" in rows[role]["method"]  # its score is the base's
+                return f"{rows[role]['reward']:.3f}" + (" (gate kept the base)" if kept else "")
             n = len(rows["best"].get("rewards", [])) or "?"
             vs_best = {p: paired(comparisons, task, rows[p]["method"], rows["best"]["method"])
                        if p in rows else None for p in PROCEDURES}

@@ -53,7 +53,8 @@ def test_summary_quotes_the_experiments_own_comparisons(tmp_path):
     assert S.main([str(out), str(path)]) == 0
     line = next(x for x in out.read_text().splitlines() if x.startswith("| exp |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[:8] == ["exp", "math", "4", "0.100", "0.200", "0.250", "0.100", "0.280"]
+    assert cells[:8] == ["exp", "math", "4", "0.100", "0.200", "0.250",
+                         "0.100 (gate kept the base)", "0.280"]
     assert cells[8] == "-0.100 [-0.160, -0.040] (0.050)"
     assert cells[9] == "+0.080 [+0.020, +0.140] (0.061)"
     assert cells[10].startswith("worse") and cells[11].startswith("better")
