@@ -66,5 +66,10 @@ def paired_ratio_interval(numerator: Sequence[float], denominator: Sequence[floa
     ratios = [a / b for a, b in zip(numerator, denominator)]
     rng = random.Random(seed)
     boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
-    tail = (1 - level) / 2
-    return boot[int(tail * (resamples - 1))], boot[int(round((1 - tail) * (resamples - 1)))]
+    cut = int((1 - level) / 2 * resamples)  # draws left out below lo and above hi alike
+    return boot[cut], boot[resamples - 1 - cut]
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Median of the per-round ratios: the point paired_ratio_interval brackets."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))

@@ -15,10 +15,10 @@ def render(path: Path) -> str:
     rows = [Row(**r) for r in data["rows"]]
     lines = [f"# corp-kernels benchmarks: {data['device']} ({data['dtype']}, torch {data['torch']}, "
              f"{data['timestamp']})", "", to_markdown(rows), "",
-             "baseline / ours > 1 means ours is faster; [lo, hi]: 95% bootstrap interval of the "
-             "median of per-round ratios (both timed in the same round; it can sit a little "
-             "off the ratio of medians beside it), so an interval holding 1 is a tie. "
-             "Baselines:", ""]
+             "baseline / ours > 1 means ours is faster. Where an interval follows, the ratio is "
+             "the median of per-round ratios (both calls timed in the same round) and [lo, hi] "
+             "its 95% bootstrap interval: an interval holding 1 is a tie. The ms columns are "
+             "each call's own median. Baselines:", ""]
     lines += [f"- {name}: {what}" for name, what in data["baselines"].items()]
     return "\n".join(lines) + "\n"
 

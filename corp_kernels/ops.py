@@ -156,8 +156,9 @@ def _(numel, seeds, offset, device, backend):
 # (an 8 x 8 perturbed_linear: 23 us through the op, 11 us for its body), most of a small layer's
 # time in a host-bound decode step. Where nothing could tell the two apart, the matmul ops call
 # the body directly: not while torch.compile or export traces, not under a dispatch or function
-# mode (FakeTensorMode, ...), a functorch transform or the profiler (which records the op by
-# name), not for tensor subclasses, and not when autograd would record the call (then the op's
+# mode (FakeTensorMode, ...), a functorch transform, forward-mode AD or the profiler (which
+# records the op by name), not for tensor subclasses or meta tensors (the op's fake
+# implementation answers those), and not when autograd would record the call (then the op's
 # backward says there is no gradient).
 
 
@@ -165,12 +166,14 @@ def _direct_call_is_safe(tensors) -> bool:
     if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
             or torch._C._is_torch_function_mode_enabled()
             or torch._C._functorch.peek_interpreter_stack() is not None
-            or torch.autograd.profiler._is_profiler_enabled):
+            or torch.autograd.profiler._is_profiler_enabled
+            or torch.autograd.forward_ad._current_level >= 0):
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
         if t is not None and (type(t) not in (torch.Tensor, torch.nn.Parameter)
-                              or (grad and t.requires_grad)):
+                              or (grad and t.requires_grad)
+                              or t.device.type not in ("cpu", "cuda")):  # meta: the fake impl
             return False
     return True
 
@@ -243,9 +246,11 @@ def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                      backend: str | None = None) -> torch.Tensor:
     """x @ (weight + sigma * eps(seed)).T + bias, with eps of weight's shape at stream `offset`.
 
-    The perturbed weight is formed in float32 tile by tile (fused backends never allocate a tensor
-    of weight's size) and products accumulate in float32; the result has x's dtype. On a GPU the
-    Triton kernel rounds each perturbed tile to x's dtype when x is fp16/bf16, for tensor cores.
+    The perturbed weight is formed in float32 a tile or a block of rows at a time, never in a
+    tensor larger than a few MiB (the C++ backend's block is the whole weight when its float32
+    copy is small, at most 4 MiB: one GEMM is faster there), and products accumulate in float32; the result has
+    x's dtype. On a GPU the Triton kernel rounds each perturbed tile to x's dtype when x is
+    fp16/bf16, for tensor cores.
     """
     V.check_linear(x, weight, bias)
     seed = V.check_seed(seed)

@@ -12,8 +12,9 @@ Three ways to run a member, all leaving the model bit for bit unchanged afterwar
 - "inplace": W <- round(W + delta) once, evaluate, then copy W back from a backup taken once per
   Perturber (exact; subtracting the noise again is not exact in low precision). Noise is generated
   once per member, so this is the fast way when a member runs many forward passes (generation).
-- "fused": each perturbed nn.Linear calls corp_kernels.perturbed_linear (no weight copies; noise
-  regenerated in every forward call). Single-seed members, linear weights only.
+- "fused": each perturbed nn.Linear calls corp_kernels.perturbed_linear (the model's weights are
+  never copied, at most a block of a few MiB per call; noise regenerated in every forward call).
+  Single-seed members, linear weights only.
 - "population": P single-seed members in one batched forward, each perturbed nn.Linear calling
   population_linear on the batch split into P equal parts (weight tiles shared by all members).
 """
