@@ -2,7 +2,8 @@
 
 import pytest
 
-from benchmarks._measure import interleaved_medians, interleaved_times, paired_ratio_interval
+from benchmarks._measure import (interleaved_medians, interleaved_times, paired_ratio,
+                                 paired_ratio_interval)
 from benchmarks.run import Row, to_markdown
 
 
@@ -76,10 +77,28 @@ def test_paired_ratio_interval_names_bad_arguments(num, den, level, match):
         paired_ratio_interval(num, den, level=level)
 
 
-def test_markdown_shows_the_interval_beside_the_ratio_and_not_in_the_notes():
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    assert paired_ratio([3.0, 1.5, 4.0], [1.0, 3.0, 2.0]) == 2.0  # ratios 3, 0.5, 2
+    with pytest.raises(ValueError):
+        paired_ratio([1.0], [1.0, 2.0])
+
+
+def test_markdown_shows_the_paired_ratio_and_interval_and_not_in_the_notes():
     rows = [Row("perturbed_linear", "T=1", 0.001, 0.002, 2.0,
-                {"ratio_lo": 1.5, "ratio_hi": 2.5, "chunked_ratio": 1.9}),
+                {"ratio_paired": 2.1, "ratio_lo": 1.5, "ratio_hi": 2.5, "chunked_ratio": 1.9}),
             Row("noise_generation", "n=8", 0.001, 0.003, 3.0, {})]
     table = to_markdown(rows).splitlines()
-    assert "| 2.00 [1.50, 2.50] | chunked_ratio=1.9 |" in table[2]
+    assert "| 2.10 [1.50, 2.50] | chunked_ratio=1.9 |" in table[2]
     assert table[3].endswith("| 3.00 |  |")
+
+
+def test_linear_rule_benchmark_writes_its_table(tmp_path):
+    from benchmarks import bench_linear_rule as bench
+    out = tmp_path / "rule.md"
+    assert bench.main(["--quick", "--device", "cpu", "--output", str(out)]) == 0
+    lines = [ln for ln in out.read_text().splitlines() if ln.startswith("| 576x576 |")]
+    assert [ln.split("|")[2].strip() for ln in lines] == ["1", "4"]
+    from corp_kernels import dispatch
+    if dispatch.backends()["cpp"].available:  # a W of one chunk: the C++ rule picks chunked
+        assert all(ln.split("|")[3].strip() == "chunked" for ln in lines)
+    assert "of 4." in out.read_text()  # the count of rows where the pick is shown slower

@@ -146,11 +146,15 @@ def test_cpp_never_allocates_a_weight_sized_tensor_beyond_one_chunk(monkeypatch)
     population = _largest_allocation(lambda: ck.population_linear(
         x.expand(8, 4, 1024).contiguous(), w, None, list(range(8)), 0.01, backend="cpp"))
     assert population < w_bytes / 8
-    # A W that fits one chunk is perturbed whole (one GEMM is faster), into one buffer of its size.
-    small = w[:1024].clone()
+    # A small W is perturbed whole (one GEMM is faster), into one buffer of its size.
+    small = w[:256].clone()  # 1 MiB
+    assert small.numel() * 4 <= cpp.SMALL_WEIGHT_BYTES
     one_chunk = _largest_allocation(
         lambda: ck.perturbed_linear(x, small, None, 1, 0.01, backend="cpp"))
     assert small.numel() * 4 <= one_chunk <= cpp.CHUNK_BYTES
+    # The peak counts that buffer too, though the op (the parent event) is what frees it.
+    peak = allocation_profile(lambda: ck.perturbed_linear(x, small, None, 1, 0.01, backend="cpp"))[0]
+    assert small.numel() * 4 <= peak <= small.numel() * 4 + 4 * 256 * 4 * 2
     monkeypatch.setenv("CORP_KERNELS_LINEAR_STRATEGY", "fused")
     assert _largest_allocation(
         lambda: ck.perturbed_linear(x, small, None, 1, 0.01, backend="cpp")) < w_bytes / 16
@@ -311,7 +315,7 @@ def test_cpp_strategies_match_the_definition(monkeypatch, strategy, dtype, membe
     torch.testing.assert_close(out.float(), other.float(), rtol=tol, atol=tol)
 
 
-def _cpp_strategy_taken(monkeypatch, tokens, n_out, n_in, members):
+def _cpp_strategy_taken(monkeypatch, tokens, n_out, n_in, members, dtype=torch.float32):
     """Which strategy the C++ backend's dispatcher ran for these sizes (no override set)."""
     from corp_kernels.impl import cpp
     monkeypatch.delenv("CORP_KERNELS_LINEAR_STRATEGY", raising=False)
@@ -319,7 +323,7 @@ def _cpp_strategy_taken(monkeypatch, tokens, n_out, n_in, members):
     original = cpp._chunked
     monkeypatch.setattr(cpp, "_chunked",
                         lambda *a, **k: (taken.append("chunked"), original(*a, **k))[1])
-    x, w, _ = _inputs(tokens, n_in, n_out, torch.float32, False, members=members)
+    x, w, _ = _inputs(tokens, n_out, n_in, dtype, False, members=members)
     if members is None:
         ck.perturbed_linear(x, w, None, 1, 0.1, backend="cpp")
     else:
@@ -335,31 +339,43 @@ def test_cpp_rule_counts_tokens_per_member(monkeypatch, tokens, members, expecte
     assert cpp.CHUNKED_MIN_TOKENS == 512
     # W (8 x 6 floats) one float larger than a chunk, so that only the token count decides.
     monkeypatch.setattr(cpp, "CHUNK_BYTES", 8 * 6 * 4 - 4)
+    monkeypatch.setattr(cpp, "SMALL_WEIGHT_BYTES", 8 * 6 * 4 - 4)
     assert _cpp_strategy_taken(monkeypatch, tokens, 8, 6, members) == expected
 
 
+W_BYTES = 9 * 7 * 4  # the float32 size of the 9 x 7 W below
+
+
 @cpp_available
-@pytest.mark.parametrize("tokens", [1, 4, 511])
 @pytest.mark.parametrize("members", [None, 2])
-@pytest.mark.parametrize("w_vs_chunk", ["fits", "one float over"])
-def test_cpp_rule_chunks_a_single_member_whose_weight_fits_one_chunk(monkeypatch, tokens, members,
-                                                                     w_vs_chunk):
-    # Below CHUNKED_MIN_TOKENS, one member whose float32 W fits one chunk is perturbed whole and
-    # multiplied by one GEMM; a larger W, or a population, keeps the panel kernel.
+@pytest.mark.parametrize("size, small_bytes, chunk_bytes", [
+    ("small", W_BYTES, 2 * W_BYTES), ("one chunk", W_BYTES - 4, W_BYTES),
+    ("over a chunk", W_BYTES - 4, W_BYTES - 4)])
+@pytest.mark.parametrize("tokens", [1, 127, 128, 511])
+def test_cpp_rule_for_one_member_follows_the_weights_size(monkeypatch, tokens, members, size,
+                                                          small_bytes, chunk_bytes):
+    # Below CHUNKED_MIN_TOKENS, one member is perturbed whole and multiplied by one GEMM when its
+    # float32 W is small, or fits one chunk and has ONE_CHUNK_MIN_TOKENS tokens; a larger W, or a
+    # population, keeps the panel kernel. Each boundary is hit exactly and one float past.
     from corp_kernels.impl import cpp
-    monkeypatch.setattr(cpp, "CHUNK_BYTES", 9 * 7 * 4 - (0 if w_vs_chunk == "fits" else 4))
-    expected = "chunked" if members is None and w_vs_chunk == "fits" else "fused"
+    assert cpp.ONE_CHUNK_MIN_TOKENS == 128
+    monkeypatch.setattr(cpp, "SMALL_WEIGHT_BYTES", small_bytes)
+    monkeypatch.setattr(cpp, "CHUNK_BYTES", chunk_bytes)
+    chunked = members is None and (size == "small" or (size == "one chunk" and tokens >= 128))
+    expected = "chunked" if chunked else "fused"
     assert _cpp_strategy_taken(monkeypatch, tokens, 9, 7, members) == expected
 
 
+@cpp_available
 def test_cpp_rule_sizes_weights_in_float32_whatever_their_dtype(monkeypatch):
-    # The chunk buffer is float32 for every input dtype: a bf16 W of 4 MiB is 8 MiB of buffer.
+    # The buffer is float32 for every input dtype: a bf16 W whose own bytes are small but whose
+    # float32 copy is not stays with the panel kernel.
     from corp_kernels.impl import cpp
-    monkeypatch.delenv("CORP_KERNELS_LINEAR_STRATEGY", raising=False)
-    numel = cpp.CHUNK_BYTES // 4
-    assert cpp.choose_strategy(1, numel) == "chunked"
-    assert cpp.choose_strategy(1, numel + 1) == "fused"
-    assert cpp.choose_strategy(1, numel, members=1) == "fused"
+    monkeypatch.setattr(cpp, "CHUNK_BYTES", W_BYTES - 4)
+    monkeypatch.setattr(cpp, "SMALL_WEIGHT_BYTES", W_BYTES - 4)
+    assert _cpp_strategy_taken(monkeypatch, 3, 9, 7, None, dtype=torch.bfloat16) == "fused"
+    monkeypatch.setattr(cpp, "SMALL_WEIGHT_BYTES", W_BYTES)
+    assert _cpp_strategy_taken(monkeypatch, 3, 9, 7, None, dtype=torch.bfloat16) == "chunked"
 
 
 def test_strategy_forced_sets_and_restores_the_override(monkeypatch):

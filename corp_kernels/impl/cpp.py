@@ -31,24 +31,29 @@ def weighted_noise_sum(shape, seeds, weights, offset, device):
 
 # perturbed_linear / population_linear: the C++ kernel perturbs cache-sized panels of W and
 # regenerates them for every call. The chunked strategy (corp_kernels._chunked: W + sigma*eps in
-# CHUNK_BYTES blocks, then the BLAS) is faster in two cases, measured on 2 x86-64 cores, fp32
-# (benchmarks/results/cpu-*.md; time of materialize-then-GEMM over ours):
-# - From CHUNKED_MIN_TOKENS tokens per member on, whatever W's size: at T = 256 the C++ kernel
-#   1.24-1.98x, chunked 1.26-2.10x; at T = 512 the C++ kernel 0.78-1.45x, chunked 0.95-1.49x; at
-#   T = 1024 the C++ kernel 0.68-1.03x, chunked 1.00-1.26x.
-# - One member whose float32 W fits one chunk: one pass of the generator into a buffer of W's size
-#   (4 MiB at most), then one GEMM, where the panel kernel makes many small products. It ties with
-#   the panel kernel or beats it at every token count, and it never lost to materialize-then-GEMM
-#   where the panel kernel did. Benchmark table (columns fused_ratio, chunked_ratio), two runs:
-#   576 x 576 at T = 1-128, kernel 0.97-1.16x and 1.03-1.42x, chunked 1.09-1.25x and 1.18-1.39x;
-#   at T = 1024 kernel 0.75-0.78x, chunked 1.01-1.05x; 1536 x 576 at T = 4-128, kernel 1.06-1.50x,
-#   chunked 1.09-1.45x (1024 x 1024, measured apart: kernel 1.02-1.22x, chunked 1.11-1.30x). At
-#   2048 x 576 (two chunks) the kernel wins below T = 512 (1.07-1.50x against 1.07-1.19x), so W
-#   larger than a chunk stays fused, with no W-sized buffer. A population keeps the panel kernel:
-#   P = 8, T = 16, 576 x 576 1.20-1.30x against chunked 1.16-1.18x, 2048 x 2048 2.01-2.08x against
-#   1.66-1.78x.
+# CHUNK_BYTES blocks, then the BLAS) generates W's noise once per call into a block and makes one
+# product per block. Which is faster, measured on 2 x86-64 cores in fp32 with paired intervals
+# (benchmarks/results/linear-rule-cpu-*.md: time of the other strategy over the pick; two runs,
+# ranges over both; near-ties of a few percent flip from one run to the next):
+# - From CHUNKED_MIN_TOKENS tokens per member on, chunked, whatever W's size (512 tokens:
+#   0.96-1.40x; the panel kernel regenerates the noise for every block of tokens).
+# - One member, float32 W of SMALL_WEIGHT_BYTES or less (576 x 576 and smaller): chunked at every
+#   token count, one generator pass into a W-sized buffer and one GEMM instead of many small
+#   panel products. 192 x 576: 1.06-1.40x. 576 x 576: 0.89-1.01x below 64 tokens (a tie in one
+#   run, the panel kernel up to 11% faster at 1-4 tokens in the other), 1.03-1.23x from 64; but
+#   chunked stays 1.09x or more faster than materialize-then-GEMM there, where the panel kernel
+#   was measured at 0.90x (T = 64, before its ATen calls left autograd) and 1.03-1.33x after.
+# - One member, float32 W up to one chunk (1536 x 576, 576 x 1536, 1024 x 1024): the panel
+#   kernel below ONE_CHUNK_MIN_TOKENS (0.98-1.13x over chunked), chunked from there (0.98-1.09x
+#   at 128-256 tokens, 1.15-1.29x at 512).
+# - Anything larger, and populations, keep the panel kernel below CHUNKED_MIN_TOKENS: it needs no
+#   W-sized buffer and wins or ties there (2048 x 576 and 2048 x 2048: 1.00-1.58x; population
+#   P = 8, T = 16: 576 x 576 1.20-1.30x and 2048 x 2048 2.01-2.08x over materializing each member,
+#   chunked 1.07-1.18x and 1.66-1.78x; benchmarks/results/cpu-*.md).
 CHUNKED_MIN_TOKENS = 512
 CHUNK_BYTES = 4 << 20
+SMALL_WEIGHT_BYTES = 3 << 19  # 1.5 MiB
+ONE_CHUNK_MIN_TOKENS = 128
 
 
 def choose_strategy(tokens: int, weight_numel: int, members: int | None = None) -> str:
@@ -59,8 +64,11 @@ def choose_strategy(tokens: int, weight_numel: int, members: int | None = None) 
         return forced
     if tokens >= CHUNKED_MIN_TOKENS:
         return "chunked"
-    if members is None and weight_numel * 4 <= CHUNK_BYTES:
-        return "chunked"
+    if members is None:
+        w_bytes = weight_numel * 4
+        if w_bytes <= SMALL_WEIGHT_BYTES or (w_bytes <= CHUNK_BYTES
+                                             and tokens >= ONE_CHUNK_MIN_TOKENS):
+            return "chunked"
     return "fused"
 
 
