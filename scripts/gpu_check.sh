@@ -2,12 +2,12 @@
 # One prepared check of corp-kernels on a CUDA machine, in at most BUDGET_S seconds (default 470):
 # builds the C++ and CUDA extensions in place, runs the kernel tests on CUDA (Triton compiled, the
 # CUDA extension, torch on CUDA), the micro-benchmarks, the end-to-end population-search
-# throughput on a ~0.5B Llama, and the benchmark suite in bf16.
+# throughput on a ~0.5B Llama, the benchmark suite in bf16, and the fused-vs-chunked table.
 #
 # Runs on the GPU machine's own stack (python3 with torch+CUDA, triton, pytest-xdist; no network):
 #     OUT=/some/dir bash scripts/gpu_check.sh
-# Writes at most 7 files to $OUT (default ./gpu_out): env.txt build.log tests.log microbench.json
-# search.json suite.json gpu_check.log. Exit status: non-zero if any step failed.
+# Writes at most 8 files to $OUT (default ./gpu_out): env.txt build.log tests.log microbench.json
+# search.json suite.json linear_rule.md gpu_check.log. Exit status: non-zero if any step failed.
 # On a machine without CUDA it builds and runs the kernel tests (Triton interpreted), skips the
 # GPU-only steps, and runs the search benchmark on a tiny model: a check of the script itself.
 set -uo pipefail
@@ -66,6 +66,10 @@ if [ "$CUDA" = 1 ]; then
   step "benchmark suite (bf16, quick)"
   timeout "$(cap 90)" "$PY" -m benchmarks.run --quick --device cuda --output "$OUT/suite.json" \
     || fail "benchmark suite"
+
+  step "perturbed_linear: fused vs chunked vs materialize, paired intervals (the Triton rule)"
+  timeout "$(cap 60)" "$PY" -m benchmarks.bench_linear_rule --device cuda --repeats 11 \
+    --output "$OUT/linear_rule.md" || fail "linear rule benchmark"
 else
   step "no CUDA device: micro-benchmarks and suite skipped; search benchmark on a tiny model"
   timeout "$(cap 120)" "$PY" -m benchmarks.bench_search_throughput --size tiny --device cpu \

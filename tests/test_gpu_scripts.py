@@ -60,3 +60,13 @@ def test_gpu_only_benchmarks_refuse_without_cuda(module, tmp_path):
     import importlib
     assert importlib.import_module(f"benchmarks.{module}").main(
         ["--out", str(tmp_path / "x.json")]) == 2
+
+
+def test_gpu_report_includes_the_linear_rule_table(tmp_path):
+    from benchmarks import bench_linear_rule
+    from benchmarks.gpu_report import render
+    assert bench_linear_rule.main(["--quick", "--device", "cpu",
+                                   "--output", str(tmp_path / "linear_rule.md")]) == 0
+    text = render(tmp_path)
+    assert "\n## perturbed_linear: fused vs chunked" in text  # one level below the report's title
+    assert "| 576x576 | 4 |" in text
