@@ -1,8 +1,8 @@
 """Timing helpers: interleaved runs, their medians, and paired ratios with an interval.
 (Memory: corp_kernels._memory.)
 
-On a shared 2-core machine two calls of the same code, timed side by side, differ by 5-10% from
-one median to the next; a ratio of 0.97 between two ways of doing the same work is then a tie,
+On a shared 2-core machine two calls of the same code, timed side by side, differ by up to 10-15%
+from one median to the next; a ratio of 0.97 between two ways of doing the same work is then a tie,
 not a loss. paired_ratio_interval says which: it bootstraps the median of the per-round ratios.
 """
 

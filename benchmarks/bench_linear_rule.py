@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import corp_kernels as ck
-from corp_kernels._chunked import strategy_forced
 
-from ._measure import interleaved_times, paired_ratio, paired_ratio_interval
-from .run import RESULTS_DIR, SIGMA, device_name
+from ._measure import interleaved_times
+from .run import (RESULTS_DIR, SIGMA, forced_strategies, ratio_interval, device_name,
+                  materialized_linear)
 
 # Decoder layer shapes (SmolLM2-135M's k/v, q/o, MLP up and down; square layers) around the
 # C++ backend's 4 MiB chunk: one chunk up to 1024 x 1024 in float32, two from 2048 x 576.
@@ -31,9 +30,10 @@ SHAPES = [(192, 576), (576, 576), (1536, 576), (576, 1536), (1024, 1024), (2048,
 TOKENS = [1, 4, 16, 64, 128, 256, 512]
 
 
-def _cell(num, den) -> tuple[str, float, float]:
-    lo, hi = paired_ratio_interval(num, den)
-    return f"{paired_ratio(num, den):.2f} [{lo:.2f}, {hi:.2f}]", lo, hi
+def _cell(times, baseline, pick) -> tuple[str, float]:
+    """'median [lo, hi]' of baseline / pick over the rounds, and hi."""
+    r = ratio_interval(times, baseline, pick)
+    return f"{r['ratio_paired']:.2f} [{r['ratio_lo']:.2f}, {r['ratio_hi']:.2f}]", r["ratio_hi"]
 
 
 def measure(device: str, dtype: torch.dtype, shapes, tokens, repeats: int) -> list[dict]:
@@ -42,26 +42,17 @@ def measure(device: str, dtype: torch.dtype, shapes, tokens, repeats: int) -> li
         w = torch.randn(n_out, n_in, device=device, dtype=dtype) / n_in ** 0.5
         for t in tokens:
             x = torch.randn(t, n_in, device=device, dtype=dtype)
-
-            def forced(strategy):
-                def run():
-                    with strategy_forced(strategy):
-                        return ck.perturbed_linear(x, w, None, 11, SIGMA)
-                return run
-
-            def materialize():
-                eps = ck.gaussian_noise(w.shape, 11, dtype=dtype, device=device)
-                return F.linear(x, w + SIGMA * eps)
-
+            strategies = forced_strategies(lambda: ck.perturbed_linear(x, w, None, 11, SIGMA))
+            times = interleaved_times({**strategies,
+                                       "materialize": lambda: materialized_linear(x, w)},
+                                      repeats, device)
             pick = _picked(x, w)
-            times = interleaved_times({"fused": forced("fused"), "chunked": forced("chunked"),
-                                       "materialize": materialize}, repeats, device)
             other = "chunked" if pick == "fused" else "fused"
-            vs_other, lo_o, hi_o = _cell(times[other], times[pick])
-            vs_mat, lo_m, hi_m = _cell(times["materialize"], times[pick])
+            vs_other, hi_other = _cell(times, f"forced_{other}", f"forced_{pick}")
+            vs_mat, hi_mat = _cell(times, "materialize", f"forced_{pick}")
             rows.append({"W": f"{n_out}x{n_in}", "T": t, "pick": pick,
                          "other_over_pick": vs_other, "materialize_over_pick": vs_mat,
-                         "pick_shown_slower": hi_o < 1 or hi_m < 1})
+                         "pick_shown_slower": hi_other < 1 or hi_mat < 1})
             print(f"  {rows[-1]}", flush=True)
     return rows
 
@@ -84,8 +75,9 @@ def render(rows: list[dict], name: str, dtype: torch.dtype, repeats: int) -> str
              "| W | T | pick | other strategy / pick | materialize / pick | pick shown slower |",
              "|---|---:|---|---|---|---|"]
     for r in rows:
+        slower = "yes" if r["pick_shown_slower"] else "no"
         lines.append(f"| {r['W']} | {r['T']} | {r['pick']} | {r['other_over_pick']} | "
-                     f"{r['materialize_over_pick']} | {'yes' if r['pick_shown_slower'] else 'no'} |")
+                     f"{r['materialize_over_pick']} | {slower} |")
     slower = sum(r["pick_shown_slower"] for r in rows)
     lines += ["", f"Rows where the pick is shown slower than the other strategy or than "
               f"materializing: {slower} of {len(rows)}."]

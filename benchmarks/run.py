@@ -64,7 +64,14 @@ def bench_noise(device, dtype, sizes, repeats):
     return rows
 
 
-def _forced_strategies(call):
+def materialized_linear(x, w):
+    """The baseline of the matmul ops: W + sigma * eps materialized with our generator (the
+    noise of the seed the benchmarks call the ops with), then F.linear."""
+    eps = ck.gaussian_noise(w.shape, 11, dtype=w.dtype, device=w.device)
+    return F.linear(x, w + SIGMA * eps)
+
+
+def forced_strategies(call):
     """The call under each strategy forced ("fused", "chunked"), timed beside the dispatcher's own
     choice: the rows behind the dispatchers' rules (corp_kernels/impl/cpp.py,
     corp_kernels/triton_kernels/perturbed_linear.py)."""
@@ -76,7 +83,7 @@ def _forced_strategies(call):
     return {f"forced_{s}": forced(s) for s in STRATEGIES}
 
 
-def _ratio_interval(times, baseline, ours):
+def ratio_interval(times, baseline, ours):
     """95% interval of baseline / ours, paired by round: below 1 only if ours is shown slower."""
     lo, hi = paired_ratio_interval(times[baseline], times[ours])
     return {"ratio_paired": paired_ratio(times[baseline], times[ours]), "ratio_lo": lo,
@@ -99,15 +106,14 @@ def bench_perturbed_linear(device, dtype, tokens_list, shapes, repeats):
                 return ck.perturbed_linear(x, w, None, 11, SIGMA)
 
             def materialize():
-                eps = ck.gaussian_noise(w.shape, 11, dtype=dtype, device=device)
-                return F.linear(x, w + SIGMA * eps)
+                return materialized_linear(x, w)
 
             times = interleaved_times({"ours": ours, "materialize": materialize,
                                        "plain": lambda: F.linear(x, w),
-                                       **_forced_strategies(ours)}, repeats, device)
+                                       **forced_strategies(ours)}, repeats, device)
             t = medians(times)
             extra = {"plain_s": t["plain"], "ours_over_plain": t["ours"] / t["plain"],
-                     **_ratio_interval(times, "materialize", "ours"),
+                     **ratio_interval(times, "materialize", "ours"),
                      **_strategy_ratios(t, "materialize")}
             if device == "cpu":
                 # Peak bytes allocated during the call (output included) vs. W's own size.
@@ -137,11 +143,11 @@ def bench_population(device, dtype, members, tokens, shapes, repeats):
             return ck.population_linear(x, w, None, seeds, SIGMA)
 
         times = interleaved_times({"population": population, "sequential": sequential,
-                                   **_forced_strategies(population)}, repeats, device)
+                                   **forced_strategies(population)}, repeats, device)
         t = medians(times)
         rows.append(_row("population_linear", f"P={members} T={tokens} W={n_out}x{n_in}",
                          t["population"], t["sequential"],
-                         **_ratio_interval(times, "sequential", "population"),
+                         **ratio_interval(times, "sequential", "population"),
                          **_strategy_ratios(t, "sequential")))
     return rows
 

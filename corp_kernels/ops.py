@@ -162,7 +162,7 @@ def _(numel, seeds, offset, device, backend):
 # backward says there is no gradient).
 
 
-def _direct_call_is_safe(tensors) -> bool:
+def _direct_call_is_safe(args) -> bool:
     if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
             or torch._C._is_torch_function_mode_enabled()
             or torch._C._functorch.peek_interpreter_stack() is not None
@@ -170,17 +170,17 @@ def _direct_call_is_safe(tensors) -> bool:
             or torch.autograd.forward_ad._current_level >= 0):
         return False
     grad = torch.is_grad_enabled()
-    for t in tensors:
-        if t is not None and (type(t) not in (torch.Tensor, torch.nn.Parameter)
-                              or (grad and t.requires_grad)
-                              or t.device.type not in ("cpu", "cuda")):  # meta: the fake impl
+    for t in args:
+        if isinstance(t, torch.Tensor) and (type(t) not in (torch.Tensor, torch.nn.Parameter)
+                                            or (grad and t.requires_grad)
+                                            or t.device.type not in ("cpu", "cuda")):  # meta
             return False
     return True
 
 
-def _call(op, tensors, *args):
-    """op(*args), or its body where the two cannot differ (above). `tensors`: args' tensors."""
-    return _BODIES[op](*args) if _direct_call_is_safe(tensors) else op(*args)
+def _call(op, *args):
+    """op(*args), or its body where the two cannot differ (above)."""
+    return _BODIES[op](*args) if _direct_call_is_safe(args) else op(*args)
 
 
 # --- public API -----------------------------------------------------------------------------------
@@ -248,18 +248,17 @@ def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
     The perturbed weight is formed in float32 a tile or a block of rows at a time, never in a
     tensor larger than a few MiB (the C++ backend's block is the whole weight when its float32
-    copy is small, at most 4 MiB: one GEMM is faster there), and products accumulate in float32; the result has
-    x's dtype. On a GPU the Triton kernel rounds each perturbed tile to x's dtype when x is
-    fp16/bf16, for tensor cores.
+    copy is small, at most 4 MiB: one GEMM is faster there), and products accumulate in float32;
+    the result has x's dtype. On a GPU the Triton kernel rounds each perturbed tile to x's dtype
+    when x is fp16/bf16, for tensor cores.
     """
     V.check_linear(x, weight, bias)
     seed = V.check_seed(seed)
     sigma = V.check_scalar(sigma, "sigma")
     offset = V.check_offset(offset, weight.numel())
     x = x.contiguous()
-    return _call(_perturbed_linear_op, (x, weight, bias), x, weight, bias,
-                 V.to_signed_bits(seed), sigma, V.to_signed_bits(offset),
-                 resolve(backend, x.device, "perturbed_linear"))
+    return _call(_perturbed_linear_op, x, weight, bias, V.to_signed_bits(seed), sigma,
+                 V.to_signed_bits(offset), resolve(backend, x.device, "perturbed_linear"))
 
 
 def population_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seeds,
@@ -280,9 +279,8 @@ def population_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     sigma_values = V.check_coefficients(sigmas, seed_bits.numel(), "sigmas")
     offset = V.check_offset(offset, weight.numel())
     x = x.contiguous()
-    return _call(_population_linear_op, (x, weight, bias, seed_bits, sigma_values), x, weight,
-                 bias, seed_bits, sigma_values, V.to_signed_bits(offset),
-                 resolve(backend, x.device, "population_linear"))
+    return _call(_population_linear_op, x, weight, bias, seed_bits, sigma_values,
+                 V.to_signed_bits(offset), resolve(backend, x.device, "population_linear"))
 
 
 def weighted_noise_sum(shape: Sequence[int], seeds, weights, *, offset: int = 0,

@@ -195,8 +195,10 @@ def _spy_on_bodies(monkeypatch):
     direct = []
     for op in (ops._perturbed_linear_op, ops._population_linear_op):
         body = ops._BODIES[op]
-        monkeypatch.setitem(ops._BODIES, op,
-                            lambda *a, body=body, name=op.name(): (direct.append(name), body(*a))[1])
+        def spy(*args, body=body, name=op.name()):
+            direct.append(name)
+            return body(*args)
+        monkeypatch.setitem(ops._BODIES, op, spy)
     return direct
 
 
