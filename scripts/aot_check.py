@@ -11,7 +11,10 @@ ptxas; `ptxas -v` on the same PTX gives registers, spill stores/loads and the st
 fp16/bf16 configuration (fp32 rows are reported, never failed: fp32 on a GPU is the slow path).
 
 The variants are built from the launchers' own constants (tile tables, block sizes), so a launcher
-that changes its configurations changes what is checked. `--fp32` adds the fp32 perturbed_linear
+that changes its configurations changes what is checked. Each is compiled twice, as Triton's JIT
+specializes it: with odd sizes (no integer specialization) and with a 4096 x 4096 layer's (sizes
+that are multiples of 16 compiled knowing so, T = 1 and P = 1 as constants), since a model's
+layers run the second, with very different registers. `--fp32` adds the fp32 perturbed_linear
 variants, which take up to a minute each to compile on 2 cores.
 """
 
@@ -26,14 +29,68 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def variants(include_fp32_linear: bool):
-    """(kernel, config, dtype, jit function, signature, constexprs, options, dispatched):
-    `dispatched` is False for configurations only a forced strategy reaches."""
+class Variant(NamedTuple):
+    """One compiled configuration. `dispatched` is False for configurations only a forced
+    strategy reaches; `divisible` names the integer arguments the JIT would mark divisible by 16."""
+    kernel: str
+    config: str
+    dtype: str
+    fn: object
+    sig: dict
+    const: dict
+    options: dict
+    dispatched: bool
+    divisible: frozenset = frozenset()
+
+
+def with_int_values(v: Variant, values: dict, label: str) -> Variant:
+    """v as Triton's JIT specializes it for these integer argument values: an argument equal to 1
+    becomes a constant, one divisible by 16 is compiled knowing so (aligned, vectorized loads, no
+    per-element masks along it). Uses the installed Triton's own specialization function, so the
+    compiled code is what a launch with such sizes runs. Registers can differ a lot:
+    perturbed_linear's 64 x 64 x 64 tile takes 238 registers with odd sizes and about 105 with a
+    4096 x 4096 layer's (and there spills on sm_80)."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+    sig, const, divisible = dict(v.sig), dict(v.const), set()
+    for name, value in values.items():
+        if name not in sig:
+            raise KeyError(f"{v.kernel} has no argument {name!r}")
+        kind, spec = native_specialize_impl(BaseBackend, value, False, True, True)[:2]
+        if kind == "constexpr":
+            sig[name], const[name] = "constexpr", spec
+        elif spec == "D":
+            divisible.add(name)
+    return v._replace(config=f"{v.config} {label}".strip(), sig=sig, const=const,
+                      divisible=frozenset(divisible))
+
+
+# Integer arguments of each kernel for a 4096 x 4096 layer (16 members, stream offset 0) as the
+# JIT sees them; "odd" rows compile with no integer specialization (what odd test sizes get).
+MODEL_INTS = {
+    "noise_fill": {"n": 4096 * 4096, "counter_base": 0, "rem": 0},
+    "weighted_noise_sum": {"n": 4096 * 4096, "K": 16, "counter_base": 0, "rem": 0},
+    "perturbed_linear": {"N": 4096, "K": 4096, "k_per_split": 512, "counter_base": 0, "rem": 0},
+    "noise_gram": {"K": 16, "n": 4096 * 4096, "counter_base": 0, "rem": 0, "n_chunks": 4096},
+    "noise_sketch": {"K": 16, "m": 4096, "n": 4096, "r": 16, "counter_base": 0, "rem": 0},
+    "philox": {"n": 4096},
+}
+
+
+def _both_int_classes(v: Variant) -> list[Variant]:
+    """v with odd sizes, and v with a 4096 x 4096 layer's (MODEL_INTS)."""
+    values = MODEL_INTS[v.kernel.removesuffix("_left").removesuffix("_right")]
+    return [with_int_values(v, {}, "ints=odd"), with_int_values(v, values, "ints=4096")]
+
+
+def variants(include_fp32_linear: bool) -> list[Variant]:
+    """Every configuration the launchers use, each with odd sizes and with a model layer's."""
     from corp_kernels.triton_kernels import (gaussian_noise, noise_gram, noise_sketch,
                                              perturbed_linear, philox, weighted_noise_sum)
     out = []
@@ -42,52 +99,41 @@ def variants(include_fp32_linear: bool):
             sig = {"out_ptr": f"*{dt}", "src_ptr": f"*{dt}", "n": "i32", "seed": "i64",
                    "counter_base": "i64", "rem": "i32", "alpha": "fp32", "ADD_SRC": "constexpr",
                    "BLOCK": "constexpr"}
-            out.append(("noise_fill", f"add_src={int(add_src)}", dt,
-                         gaussian_noise._noise_fill_kernel, sig,
-                         {"ADD_SRC": add_src, "BLOCK": 512}, {}, True))
+            out += _both_int_classes(Variant("noise_fill", f"add_src={int(add_src)}", dt,
+                                             gaussian_noise._noise_fill_kernel, sig,
+                                             {"ADD_SRC": add_src, "BLOCK": 512}, {}, True))
 
     sig = {"out_ptr": "*fp32", "n": "i32", "seeds_ptr": "*i64", "weights_ptr": "*fp32", "K": "i32",
            "counter_base": "i64", "rem": "i32", "BLOCK": "constexpr"}
-    out.append(("weighted_noise_sum", "", "fp32", weighted_noise_sum._weighted_noise_sum_kernel,
-                sig, {"BLOCK": 256}, {}, True))
+    out += _both_int_classes(Variant("weighted_noise_sum", "", "fp32",
+                                     weighted_noise_sum._weighted_noise_sum_kernel, sig,
+                                     {"BLOCK": 256}, {}, True))
 
     tiles = sorted({perturbed_linear._tiles(t) for t in (1, 16, 64, 65, 4096)})
     dispatched_tiles = perturbed_linear.dispatched_tiles()
     dtypes = ("bf16", "fp16") + (("fp32",) if include_fp32_linear else ())
     for dt in dtypes:
-        for bt, bn, bk, warps in tiles:
+        for tile in tiles:
             for aligned in (True, False):
                 for one_member in (True, False):
                     for split in (False, True):
-                        sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}",
-                               "y_ptr": "*fp32" if split else f"*{dt}", "seeds_ptr": "*i64",
-                               "sigmas_ptr": "*fp32", "seed0": "i64", "sigma0": "fp32",
-                               "P": "i32", "T": "i32", "N": "i32", "K": "i32",
-                               "k_per_split": "i32", "counter_base": "i64", "rem": "i32",
-                               "ONE_MEMBER": "constexpr", "SPLIT": "constexpr",
-                               "HAS_BIAS": "constexpr", "ALIGNED": "constexpr",
-                               "LOW_PRECISION_DOT": "constexpr", "BLOCK_T": "constexpr",
-                               "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"}
-                        const = {"ONE_MEMBER": one_member, "SPLIT": split, "HAS_BIAS": not split,
-                                 "ALIGNED": aligned, "LOW_PRECISION_DOT": dt != "fp32",
-                                 "BLOCK_T": bt, "BLOCK_N": bn, "BLOCK_K": bk}
-                        label = (f"tile={bt}x{bn}x{bk} aligned={int(aligned)} "
-                                 f"one_member={int(one_member)} split={int(split)}")
                         # choose_strategy sends only aligned calls of few tokens to fused.
-                        dispatched = aligned and (bt, bn, bk, warps) in dispatched_tiles
-                        out.append(("perturbed_linear", label, dt,
-                                    perturbed_linear._perturbed_linear_kernel, sig, const,
-                                    {"num_warps": warps}, dispatched))
+                        v = linear_variant(dt, tile, aligned, one_member, split,
+                                           aligned and tile in dispatched_tiles)
+                        out.append(with_int_values(v, {}, "ints=odd"))
+                        if aligned:  # a model's layer: sizes of 16s, stream offset 0
+                            out += [linear_model_ints(v, t) for t in _tokens_of(tile)]
 
     sig = {"out_ptr": "*fp32", "seeds_ptr": "*i64", "K": "i32", "n": "i32", "counter_base": "i64",
            "rem": "i32", "n_chunks": "i32", "SPLITS": "constexpr", "ONE_BLOCK": "constexpr",
            "BLOCK_S": "constexpr", "BLOCK_C": "constexpr"}
     for block_s, one_block in ((16, True), (32, True), (64, True), (64, False)):
         block_c = 32 if one_block else 16
-        out.append(("noise_gram", f"seeds_block={block_s} one_block={int(one_block)}", "fp32",
-                    noise_gram._noise_gram_kernel, sig,
-                    {"SPLITS": 528, "ONE_BLOCK": one_block, "BLOCK_S": block_s,
-                     "BLOCK_C": block_c}, {"num_warps": 8 if block_s == 64 else 4}, True))
+        out += _both_int_classes(Variant(
+            "noise_gram", f"seeds_block={block_s} one_block={int(one_block)}", "fp32",
+            noise_gram._noise_gram_kernel, sig,
+            {"SPLITS": 528, "ONE_BLOCK": one_block, "BLOCK_S": block_s, "BLOCK_C": block_c},
+            {"num_warps": 8 if block_s == 64 else 4}, True))
 
     for side, fn, tm in (("right", noise_sketch._sketch_right_kernel, "omega_ptr"),
                          ("left", noise_sketch._sketch_left_kernel, "psi_ptr")):
@@ -98,14 +144,77 @@ def variants(include_fp32_linear: bool):
                        "counter_base": "i64", "rem": "i32", "splits": "i32",
                        "ALIGNED": "constexpr",
                        "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_R": "constexpr"}
-                out.append((f"noise_sketch_{side}", f"R={block_r} aligned={int(aligned)}",
-                            "fp32", fn, sig, {"ALIGNED": aligned, "BLOCK_M": 32, "BLOCK_N": 32,
-                                              "BLOCK_R": block_r}, {}, True))
+                v = Variant(f"noise_sketch_{side}", f"R={block_r} aligned={int(aligned)}", "fp32",
+                            fn, sig, {"ALIGNED": aligned, "BLOCK_M": 32, "BLOCK_N": 32,
+                                      "BLOCK_R": block_r}, {}, True)
+                out += _both_int_classes(v) if aligned else [with_int_values(v, {}, "ints=odd")]
 
     sig = {"counters_ptr": "*i64", "keys_ptr": "*i64", "out_ptr": "*i64", "n": "i32",
            "BLOCK": "constexpr"}
-    out.append(("philox", "", "u32", philox._philox_kernel, sig, {"BLOCK": 64}, {}, True))
+    out += _both_int_classes(Variant("philox", "", "u32", philox._philox_kernel, sig,
+                                     {"BLOCK": 64}, {}, True))
     return out
+
+
+# Per-SM limits of sm_80 and sm_90 (CUDA occupancy calculator): 64K registers allocated per warp in
+# units of 256, at most 64 resident warps and 32 resident programs, shared memory per SM (with 1 KiB
+# reserved per program).
+_SM_LIMITS = {80: {"smem": 164 << 10}, 90: {"smem": 228 << 10}}
+
+
+def resident_warps(cc: int, regs: int, warps: int, smem: int) -> int:
+    """Warps of one kernel resident on an SM at once: what hides the latency of an ALU-bound
+    kernel such as the noise generator. Registers usually decide it here: 105 per thread leave two
+    8-warp programs per SM (16 warps), where noise_fill (52-56 registers, 4 warps) keeps 36."""
+    per_warp = -(-regs * 32 // 256) * 256
+    programs = min(65536 // (per_warp * warps), 64 // warps, 32,
+                   _SM_LIMITS[cc]["smem"] // (smem + 1024))
+    return programs * warps
+
+
+def linear_variant(dt: str, tile: tuple, aligned: bool, one_member: bool, split: bool,
+                   dispatched: bool):
+    """One perturbed_linear configuration, in variants()'s form."""
+    from corp_kernels.triton_kernels import perturbed_linear
+    bt, bn, bk, warps = tile
+    sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}",
+           "y_ptr": "*fp32" if split else f"*{dt}", "seeds_ptr": "*i64", "sigmas_ptr": "*fp32",
+           "seed0": "i64", "sigma0": "fp32", "P": "i32", "T": "i32", "N": "i32", "K": "i32",
+           "k_per_split": "i32", "counter_base": "i64", "rem": "i32", "ONE_MEMBER": "constexpr",
+           "SPLIT": "constexpr", "HAS_BIAS": "constexpr", "ALIGNED": "constexpr",
+           "LOW_PRECISION_DOT": "constexpr", "BLOCK_T": "constexpr", "BLOCK_N": "constexpr",
+           "BLOCK_K": "constexpr"}
+    const = {"ONE_MEMBER": one_member, "SPLIT": split, "HAS_BIAS": not split, "ALIGNED": aligned,
+             "LOW_PRECISION_DOT": dt != "fp32", "BLOCK_T": bt, "BLOCK_N": bn, "BLOCK_K": bk}
+    label = (f"tile={bt}x{bn}x{bk} aligned={int(aligned)} one_member={int(one_member)} "
+             f"split={int(split)}")
+    return Variant("perturbed_linear", label, dt, perturbed_linear._perturbed_linear_kernel, sig,
+                   const, {"num_warps": warps}, dispatched)
+
+
+def _tokens_of(tile: tuple) -> tuple[int, ...]:
+    """Token counts whose JIT specialization differs for a tile: decode (T = 1 is a constant)
+    and a multiple of 16, for the few-token tiles; prefill for the others."""
+    return (1, 64) if tile[0] <= 64 else (2048,)
+
+
+def linear_model_ints(v: Variant, tokens: int) -> Variant:
+    """A perturbed_linear variant for a 4096 x 4096 layer at `tokens` tokens per member (P = 1
+    is a constant for one member, 16 members otherwise)."""
+    members = 1 if v.const["ONE_MEMBER"] else 16
+    return with_int_values(v, {**MODEL_INTS["perturbed_linear"], "T": tokens, "P": members},
+                           f"ints=4096 T={tokens}")
+
+
+def fused_tile_variants():
+    """Every fused tile a decode step could use, bf16, at a 4096 x 4096 layer's sizes and T = 1 or
+    64: one member with split-K (decode of one model) and 16 members without (P programs per W
+    tile). For the sweep that narrows the tiles a GPU then times
+    (perturbed_linear.DECODE_TILE_CANDIDATES)."""
+    return [linear_model_ints(linear_variant("bf16", (bt, bn, bk, warps), True, one_member,
+                                             one_member, False), tokens)
+            for bt in (16, 32, 64) for bn in (32, 64, 128) for bk in (32, 64) for warps in (4, 8)
+            for one_member in (True, False) for tokens in (1, 64)]
 
 
 def ptxas_usage(ptxas: str, ptx: str, arch: str) -> dict:
@@ -143,6 +252,9 @@ def main(argv=None) -> int:
                              "table at --out (default benchmarks/results/aot), keep the rest")
     parser.add_argument("--dispatched-only", action="store_true",
                         help="skip configurations only a forced strategy launches (CI)")
+    parser.add_argument("--fused-tiles", action="store_true",
+                        help="instead: every fused decode tile (bf16, aligned), for choosing the "
+                             "tiles a GPU times (default out benchmarks/results/aot-fused-tiles)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter cannot compile")
@@ -152,7 +264,8 @@ def main(argv=None) -> int:
     from triton.backends.nvidia.compiler import get_ptxas
     from triton.compiler import ASTSource
 
-    todo = [v for v in variants(args.fp32) if (not args.filter or args.filter in v[0])
+    candidates = variants(args.fp32) if not args.fused_tiles else fused_tile_variants()
+    todo = [v for v in candidates if (not args.filter or args.filter in v[0])
             and (v[7] or not args.dispatched_only)]
     archs = [int(a) for a in args.arch.split(",")]
     print(f"triton {triton.__version__}: {len(todo)} variants x {len(archs)} archs", flush=True)
@@ -160,12 +273,13 @@ def main(argv=None) -> int:
     for cc in archs:
         target = GPUTarget("cuda", cc, 32)
         ptxas = get_ptxas(cc).path if "arch" in get_ptxas.__code__.co_varnames else get_ptxas().path
-        for kernel, config, dtype, fn, sig, const, options, dispatched in todo:
-            # Pointers 16-byte aligned, as the JIT specializes torch's allocations.
-            attrs = {(i,): [["tt.divisibility", 16]] for i, v in enumerate(sig.values())
-                     if v.startswith("*")}
+        for kernel, config, dtype, fn, sig, const, options, dispatched, divisible in todo:
+            # Pointers 16-byte aligned, as the JIT specializes torch's allocations, and the
+            # integers the variant's sizes make multiples of 16.
+            attrs = {(i,): [["tt.divisibility", 16]] for i, (name, v) in enumerate(sig.items())
+                     if v.startswith("*") or name in divisible}
             row = {"arch": f"sm_{cc}", "kernel": kernel, "config": config, "dtype": dtype,
-                   "dispatched": dispatched}
+                   "dispatched": dispatched, "num_warps": options.get("num_warps", 4)}
             start = time.time()
             try:
                 compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const,
@@ -175,6 +289,8 @@ def main(argv=None) -> int:
                 row.update(ok=True, num_warps=compiled.metadata.num_warps,
                            shared=compiled.metadata.shared, wgmma="wgmma" in ptx,
                            mma="mma.sync" in ptx, **ptxas_usage(ptxas, ptx, arch))
+                row["resident_warps"] = resident_warps(cc, row["regs"], row["num_warps"],
+                                                       row["shared"])
                 spilled = (row["spill_stores"] or 0) + (row["spill_loads"] or 0) > 0
                 row["fails"] = spilled and dtype in ("bf16", "fp16") and dispatched
                 spills += row["fails"]
@@ -186,11 +302,13 @@ def main(argv=None) -> int:
             print(f"{row['arch']} {kernel:18s} {dtype:4s} {config:48s} "
                   + (f"regs={row['regs']} spill={row['spill_stores']}/{row['spill_loads']} "
                      f"stack={row['stack']} smem={row['shared']} warps={row['num_warps']} "
+                     f"warps/SM={row['resident_warps']} "
                      f"wgmma={int(row['wgmma'])} mma={int(row['mma'])}"
                      if row["ok"] else f"FAILED {row['error'][:300]}")
                   + f" ({row['seconds']} s)", flush=True)
     partial = bool(args.filter or args.dispatched_only)
-    out, wrote = Path(args.out or ROOT / "benchmarks" / "results" / "aot"), ""
+    default_out = "aot-fused-tiles" if args.fused_tiles else "aot"
+    out, wrote = Path(args.out or ROOT / "benchmarks" / "results" / default_out), ""
     if args.merge:
         if not args.filter or args.dispatched_only:
             parser.error("--merge needs --filter and a full (not --dispatched-only) run")
@@ -200,7 +318,8 @@ def main(argv=None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps({"triton": triton.__version__,
                                                         "rows": rows}, indent=1))
-        out.with_suffix(".md").write_text(render(rows, triton.__version__))
+        out.with_suffix(".md").write_text(render_tiles(rows, triton.__version__) if args.fused_tiles
+                                          else render(rows, triton.__version__))
         wrote = f"; wrote {out.with_suffix('.md')}"
     print(f"{len(rows) - failures}/{len(rows)} compiled; {spills} dispatched fp16/bf16 variants "
           f"spill{wrote}")
@@ -220,6 +339,46 @@ def merge_rows(old: list[dict], new: list[dict], kernel_filter: str) -> list[dic
     return merged + [x for x in new if x["arch"] not in placed]
 
 
+def render_tiles(rows: list[dict], version: str) -> str:
+    """The fused-tile sweep: one line per (arch, tile, warps); one member (split-K) and
+    population, each at T = 1 and T = 64, side by side."""
+    from corp_kernels.triton_kernels.perturbed_linear import DECODE_TILE_CANDIDATES
+    lines = [f"# Fused perturbed_linear tiles for decode, compiled ahead of time (triton {version}, "
+             "bf16, no GPU)", "",
+             "Written by `scripts/aot_check.py --fused-tiles`. Each tile is compiled as Triton's JIT "
+             "specializes it for a 4096 x 4096 layer (sizes multiples of 16, stream offset 0; T = 1 "
+             "and P = 1 become constants), at T = 1 and T = 64, for one member (split-K) and for 16 "
+             "members. The kernel is bound by its noise generator (Philox4x32-10 + Box-Muller), so "
+             "the warps resident per SM, which hide its latency, matter; registers decide them. "
+             "Each cell: registers, spill stores/loads (bytes per thread), warps resident per SM. "
+             "Candidates (`DECODE_TILE_CANDIDATES`, marked) are spill-free in every cell on both "
+             "archs; a GPU times them against each other (`benchmarks/gpu_fused_tiles.py`) before "
+             "`_tiles` changes. These are compile-time figures, not speed.", "",
+             "| arch | tile TxNxK | warps | normals/thread/step | one member T=1 | one member T=64 "
+             "| 16 members T=1 | 16 members T=64 | tensor cores | candidate |",
+             "|---|---|---:|---:|---|---|---|---|---|---|"]
+    grouped: dict = {}
+    for r in rows:
+        tile = r["config"].split()[0].removeprefix("tile=")
+        who = "one" if "one_member=1" in r["config"] else "pop"
+        tokens = r["config"].rsplit("T=", 1)[1]
+        grouped.setdefault((r["arch"], tile, r["num_warps"]), {})[f"{who} {tokens}"] = r
+
+    def cell(r):
+        if r is None or not r["ok"]:
+            return "FAILED" if r else ""
+        return f"{r['regs']}, {r['spill_stores']}/{r['spill_loads']}, {r['resident_warps']}"
+    for (arch, tile, warps), cells in grouped.items():
+        bt, bn, bk = map(int, tile.split("x"))
+        ok = [r for r in cells.values() if r["ok"]]
+        cores = ("wgmma" if ok and ok[0]["wgmma"] else "mma" if ok and ok[0]["mma"] else "-")
+        mark = "yes" if (bt, bn, bk, warps) in DECODE_TILE_CANDIDATES else ""
+        lines.append(f"| {arch} | {tile} | {warps} | {bn * bk // (32 * warps)} | "
+                     + " | ".join(cell(cells.get(k)) for k in ("one 1", "one 64", "pop 1", "pop 64"))
+                     + f" | {cores} | {mark} |")
+    return "\n".join(lines) + "\n"
+
+
 def render(rows: list[dict], version: str) -> str:
     lines = [f"# Triton kernels compiled ahead of time (triton {version}, no GPU)", "",
              "Every configuration the launchers use; `scripts/aot_check.py` writes this table and "
@@ -227,13 +386,19 @@ def render(rows: list[dict], version: str) -> str:
              "launches. spill = bytes of spill stores/loads per thread (ptxas -v); the stack also "
              "holds the precise sin/cos range-reduction table. dispatched = no: only "
              "CORP_KERNELS_LINEAR_STRATEGY=fused reaches it (unaligned or many-token fused tiles "
-             "go to the chunked strategy).", "",
+             "go to the chunked strategy). ints=odd: compiled with no integer specialization, as "
+             "odd sizes are; ints=4096: as the JIT compiles a 4096 x 4096 layer (sizes multiples "
+             "of 16, stream offset 0, T tokens; T = 1 and one member's P = 1 become constants), "
+             "which is what a model's layers run. warps/SM = warps of the kernel resident on one "
+             "SM, from registers, shared memory and warps (what hides the noise generator's "
+             "latency).", "",
              "| arch | kernel | dtype | config | dispatched | regs | spill st/ld | stack | smem | "
-             "warps | tensor cores | verdict |", "|---|---|---|---|---|---:|---:|---:|---:|---:|---|---|"]
+             "warps | warps/SM | tensor cores | verdict |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         if not r["ok"]:
             lines.append(f"| {r['arch']} | {r['kernel']} | {r['dtype']} | {r['config']} | "
-                         f"{'yes' if r['dispatched'] else 'no'} | | | | | | | "
+                         f"{'yes' if r['dispatched'] else 'no'} | | | | | | | | "
                          f"FAILED: {r['error'][:120]} |")
             continue
         cores = "wgmma" if r["wgmma"] else "mma" if r["mma"] else "-"
@@ -242,7 +407,7 @@ def render(rows: list[dict], version: str) -> str:
         lines.append(f"| {r['arch']} | {r['kernel']} | {r['dtype']} | {r['config']} | "
                      f"{'yes' if r['dispatched'] else 'no'} | {r['regs']} | "
                      f"{r['spill_stores']}/{r['spill_loads']} | {r['stack']} | {r['shared']} | "
-                     f"{r['num_warps']} | {cores} | {verdict} |")
+                     f"{r['num_warps']} | {r.get('resident_warps', '')} | {cores} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 

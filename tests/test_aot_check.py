@@ -2,6 +2,7 @@
 launchers' own rule, so a kernel configuration the rule can reach is never left unchecked."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def test_dispatched_linear_variants_are_exactly_what_the_rule_can_launch(monkeyp
     rows = [v for v in _aot_module().variants(include_fp32_linear=True)
             if v[0] == "perturbed_linear"]
     assert rows
-    for kernel, config, dtype, fn, sig, const, options, dispatched in rows:
+    for kernel, config, dtype, fn, sig, const, options, dispatched, _divisible in rows:
         tile = (const["BLOCK_T"], const["BLOCK_N"], const["BLOCK_K"], options["num_warps"])
         assert dispatched == ((tile, const["ALIGNED"]) in reachable), config
         assert (sig["y_ptr"] == "*fp32") == const["SPLIT"] or dtype == "fp32"
@@ -54,3 +55,73 @@ def test_merge_replaces_one_kernels_rows_in_place():
     assert [(r["arch"], r["kernel"], r["config"]) for r in merged] == [
         ("sm_90", "noise_fill", ""), ("sm_90", "noise_sketch_left", "A"), ("sm_90", "philox", ""),
         ("sm_80", "noise_fill", ""), ("sm_80", "philox", ""), ("sm_80", "noise_sketch_left", "C")]
+
+
+@pytest.mark.parametrize("cc, regs, warps, smem, expected", [
+    (90, 240, 8, 16384, 8),  # 240 registers: one 8-warp program fits 64K
+    (90, 56, 4, 4096, 36),  # 56 -> 1792 per warp: 9 programs of 4 warps
+    (90, 255, 4, 0, 8),  # 8192 per warp: 2 programs
+    (90, 32, 4, 0, 64),  # thread limit: 16 programs of 4 warps
+    (90, 16, 1, 0, 32),  # program limit: 32 of 1 warp
+    (80, 32, 4, 60 << 10, 8),  # shared memory: 164 KiB / 61 KiB = 2 programs
+    (90, 32, 4, 60 << 10, 12),  # sm_90 has 228 KiB: 3
+])
+def test_resident_warps_follows_registers_threads_programs_and_shared_memory(cc, regs, warps,
+                                                                            smem, expected):
+    assert _aot_module().resident_warps(cc, regs, warps, smem) == expected
+
+
+def test_fused_tile_candidates_are_spill_free_on_both_archs_in_the_committed_sweep():
+    """DECODE_TILE_CANDIDATES says its tiles compile without spills on sm_90 and sm_80 at a
+    model's sizes, except the tile used before (64 x 64 x 64, kept to be timed against); the
+    committed sweep (scripts/aot_check.py --fused-tiles) must show it for each one."""
+    from corp_kernels.triton_kernels.perturbed_linear import DECODE_TILE_CANDIDATES, _tiles
+    assert _tiles(1) in DECODE_TILE_CANDIDATES
+    rows = json.loads((ROOT / "benchmarks" / "results" / "aot-fused-tiles.json").read_text())["rows"]
+    for bt, bn, bk, warps in DECODE_TILE_CANDIDATES:
+        mine = [r for r in rows if r["config"].startswith(f"tile={bt}x{bn}x{bk} ")
+                and r["num_warps"] == warps]
+        assert {(r["arch"], "one_member=1" in r["config"]) for r in mine} == {
+            (a, one) for a in ("sm_90", "sm_80") for one in (True, False)}, (bt, bn, bk, warps)
+        for r in mine:
+            spilled = r["spill_stores"] or r["spill_loads"]
+            assert r["ok"] and (not spilled or ((bt, bn, bk) == (64, 64, 64)
+                                                 and r["arch"] == "sm_80")), r
+
+
+def test_fused_tile_sweep_covers_the_dispatched_decode_tile():
+    variants = _aot_module().fused_tile_variants()
+    from corp_kernels.triton_kernels.perturbed_linear import _tiles
+    bt, bn, bk, warps = _tiles(1)
+    assert any((v[5]["BLOCK_T"], v[5]["BLOCK_N"], v[5]["BLOCK_K"], v[6]["num_warps"])
+               == (bt, bn, bk, warps) for v in variants)
+    assert all(v[2] == "bf16" and v[5]["ALIGNED"] and not v[7] for v in variants)
+
+
+def test_integer_arguments_are_specialized_as_the_jit_does():
+    """A size of 1 becomes a constant and a multiple of 16 is compiled knowing so: the code a
+    model's layer runs (the decode tile takes about 105 registers there, 238 with odd sizes)."""
+    aot = _aot_module()
+    linear = aot.linear_variant("bf16", (64, 64, 64, 8), True, True, True, True)
+    v = aot.with_int_values(linear, {"T": 1, "P": 1, "N": 4096, "K": 17, "rem": 0}, "ints=x")
+    assert v.sig["T"] == v.sig["P"] == "constexpr" and v.const["T"] == v.const["P"] == 1
+    assert v.divisible == {"N", "rem"}  # 17 is neither
+    assert v.config.endswith(" ints=x") and v.dispatched
+    assert linear.sig["T"] == "i32" and "T" not in linear.const  # the original is unchanged
+    with pytest.raises(KeyError, match="no argument 'tokens'"):
+        aot.with_int_values(linear, {"tokens": 16}, "bad")
+
+
+def test_every_dispatched_linear_variant_is_also_checked_at_a_model_layers_sizes():
+    rows = [v for v in _aot_module().variants(include_fp32_linear=False)
+            if v.kernel == "perturbed_linear" and v.dispatched]
+    odd = [v for v in rows if v.config.endswith("ints=odd")]
+    assert odd and all(not v.divisible for v in odd)
+    for v in odd:
+        base = v.config.removesuffix(" ints=odd")
+        for tokens in (1, 64):
+            model = [m for m in rows if m.dtype == v.dtype
+                     and m.config == f"{base} ints=4096 T={tokens}"]
+            assert len(model) == 1, (v.config, tokens)
+            assert {"N", "K", "k_per_split"} <= model[0].divisible
+            assert (model[0].sig["T"] == "constexpr") == (tokens == 1)

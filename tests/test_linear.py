@@ -170,6 +170,20 @@ def _triton_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _candidate_tiles():
+    if not dispatch.backends()["triton"].available:
+        return []
+    from corp_kernels.triton_kernels.perturbed_linear import DECODE_TILE_CANDIDATES
+    return list(DECODE_TILE_CANDIDATES)
+
+
+def _default_decode_tile():
+    if not dispatch.backends()["triton"].available:
+        return None
+    from corp_kernels.triton_kernels.perturbed_linear import _tiles
+    return _tiles(1)
+
+
 @triton_available
 @pytest.mark.parametrize("strategy, options", [
     ("fused", {"splits": 1}),
@@ -197,6 +211,53 @@ def test_triton_strategies_match_the_definition(strategy, options, members, toke
     assert out.shape == (members, tokens, n_out) and out.dtype == dtype
     for p in range(members):
         _assert_as_accurate_as_plain_pytorch(out[p], x[p], w, b, seeds[p], sigmas[p], offset)
+
+
+@triton_available
+@pytest.mark.parametrize("tile", [t for t in _candidate_tiles() if t != _default_decode_tile()],
+                         ids=lambda t: "x".join(map(str, t[:3])) + f"w{t[3]}")
+@pytest.mark.parametrize("members, tokens, n_out, n_in, offset", [
+    (1, 3, 37, 300, 0), (3, 2, 70, 132, 8)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_fused_tile_candidates_match_the_definition(tile, members, tokens, n_out, n_in, offset,
+                                                    dtype):
+    """Every tile the GPU benchmark times (DECODE_TILE_CANDIDATES) computes the same product, so
+    a timing of a wrong kernel cannot choose _tiles."""
+    from corp_kernels.triton_kernels import perturbed_linear as tpl
+    device = _triton_device()
+    x, w, b = _inputs(tokens, n_out, n_in, dtype, True, members=members)
+    seeds = [5 + 3 * p for p in range(members)]
+    sigmas = [0.03 * (p + 1) for p in range(members)]
+    out = tpl.population_linear(x.to(device), w.to(device), b.to(device),
+                                torch.tensor(seeds), torch.tensor(sigmas, dtype=torch.float64),
+                                offset, "fused", tiles=tile)
+    for p in range(members):
+        _assert_as_accurate_as_plain_pytorch(out[p], x[p], w, b, seeds[p], sigmas[p], offset)
+
+
+@triton_available
+def test_fused_tiles_option_reaches_the_launch(monkeypatch):
+    from corp_kernels.triton_kernels import perturbed_linear as tpl
+    launches = []
+    kernel = tpl._perturbed_linear_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **meta):
+                launches.append((grid, meta))
+                return kernel[grid](*args, **meta)
+            return launch
+    monkeypatch.setattr(tpl, "_perturbed_linear_kernel", Spy())
+    x, w, b = _inputs(3, 70, 132, torch.float32, True)
+    device = _triton_device()
+    tpl.perturbed_linear(x.to(device), w.to(device), b.to(device), 5, 0.1, 0, "fused",
+                         tiles=(16, 32, 32, 8), splits=1)
+    tpl.perturbed_linear(x.to(device), w.to(device), b.to(device), 5, 0.1, 0, "fused", splits=1)
+    (grid, meta), (default_grid, default_meta) = launches
+    assert (meta["BLOCK_T"], meta["BLOCK_N"], meta["BLOCK_K"], meta["num_warps"]) == (16, 32, 32, 8)
+    assert grid == (1, 1, 3)  # cdiv(70, 32) column blocks
+    assert (default_meta["BLOCK_T"], default_meta["BLOCK_N"], default_meta["BLOCK_K"],
+            default_meta["num_warps"]) == tpl._tiles(3)
 
 
 @triton_available

@@ -108,13 +108,29 @@ def _interpreted() -> bool:
 def _tiles(tokens: int) -> tuple[int, int, int, int]:
     """(BLOCK_T, BLOCK_N, BLOCK_K, num_warps) by tokens per member.
 
-    Up to 64 tokens one 64 x 64 x 64 tile with 8 warps: on an H200 it ran a 4096 x 4096 layer in
-    75 us at T = 64 where a 16 x 64 x 64 decode tile with 4 warps took 106 us at T = 1 (the noise
-    of the W tile, not the dot, is the work; 8 warps hide its latency better). 8 warps also keep
-    the larger tiles from spilling on sm_90 (AOT table)."""
+    Up to 64 tokens one 64 x 32 x 32 tile with 8 warps. The work is the W tile's noise, not the
+    dot, and more resident warps hide the generator's latency: on an H200, going from a 16 x 64 x
+    64 / 4-warp tile (156-162 registers as its JIT compiled it, 12 warps per SM) to 64 x 64 x 64 /
+    8 warps (109-124 registers, 16 warps) took a 4096 x 4096 layer from 106 to 75 us. Compiled for
+    a model's sizes, 64 x 64 x 64 then spills on sm_80, where this tile takes 62-64 registers
+    (32 warps per SM) and 44-48 on sm_90 (40 warps), spill-free with odd sizes too
+    (benchmarks/results/aot-fused-tiles.md, aot.md). Its speed is unmeasured: gpu_check.sh times it
+    against 64 x 64 x 64 and the other DECODE_TILE_CANDIDATES. Beyond 64 tokens (forced fused
+    only) 128 x 128 x 32 with 8 warps, which does not spill on sm_90 (AOT table)."""
     if tokens <= 64:
-        return 64, 64, 64, 8
+        return 64, 32, 32, 8
     return 128, 128, 32, 8
+
+
+# Fused tiles for up to FUSED_MAX_TOKENS tokens per member, (BLOCK_T, BLOCK_N, BLOCK_K, warps),
+# timed against each other on a GPU (benchmarks/gpu_fused_tiles.py, run by scripts/gpu_check.sh)
+# before _tiles changes again. Compiled as the JIT specializes a 4096 x 4096 layer, each is
+# spill-free on sm_90 and sm_80 except 64 x 64 x 64 (the tile before, measured on an H200, 16-20
+# bytes spilled on sm_80), with 8-40 warps resident per SM (benchmarks/results/aot-fused-tiles.md).
+# Not autotuned at run time: tiles sum K in different orders, and a pick that followed timing noise
+# would change results between runs.
+DECODE_TILE_CANDIDATES = ((64, 32, 32, 8), (64, 64, 64, 8), (64, 64, 32, 8), (32, 64, 32, 8),
+                          (16, 64, 32, 8))
 
 
 def split_count(programs: int, K: int, block_k: int, sms: int) -> int:
@@ -168,16 +184,16 @@ def dispatched_tiles() -> set[tuple[int, int, int, int]]:
     return {_tiles(t) for t in range(1, FUSED_MAX_TOKENS + 1)}
 
 
-def _fused(x, weight, bias, seeds, sigmas, offset, population, splits=None):
+def _fused(x, weight, bias, seeds, sigmas, offset, population, splits=None, tiles=None):
     """x: [P, ..., K] (population) or one member's [..., K]; returns [..., N] of x's leading
     shape, written by the kernel in place (never a view: a view returned through the op would be
-    copied)."""
+    copied). `tiles` (BLOCK_T, BLOCK_N, BLOCK_K, warps) replaces _tiles' choice (benchmarks)."""
     K, N = weight.shape[1], weight.shape[0]
     P = x.shape[0] if population else 1
     x3 = x.reshape(P, -1, K).contiguous()
     T = x3.shape[1]
     out = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
-    block_t, block_n, block_k, warps = _tiles(T)
+    block_t, block_n, block_k, warps = _tiles(T) if tiles is None else tiles
     programs = P * triton.cdiv(T, block_t) * triton.cdiv(N, block_n)
     if splits is None:
         splits = split_count(programs, K, block_k, sm_count(x.device))
@@ -235,7 +251,8 @@ def population_linear(x: torch.Tensor, weight: torch.Tensor, bias, seeds: torch.
                       sigmas: torch.Tensor, offset: int, strategy: str | None = None,
                       **options) -> torch.Tensor:
     """x: [P, ..., K] -> [P, ..., N]. seeds: int64 seed bits, sigmas: floats, both [P] on the host.
-    `strategy` forces one ("fused" or "chunked"); `options` reach it (splits=, chunk_bytes=)."""
+    `strategy` forces one ("fused" or "chunked"); `options` reach it (splits= and tiles= for fused, chunk_bytes= for
+    chunked)."""
     return _linear(x, weight, bias, seeds, sigmas, offset, True, strategy, options)
 
 
