@@ -109,8 +109,9 @@ def render(out_dir: Path) -> str:
         lines += ["Profile of 10 chunked calls, 4096 x 4096, T = 1:", "", "```",
                   d["profile_chunked_4096x4096_T1"].strip(), "```", ""]
     rule = out_dir / "linear_rule.md"
-    if rule.exists():  # written by benchmarks.bench_linear_rule: its own heading and table
-        lines += ["#" + rule.read_text().strip(), ""]
+    if rule.exists():  # bench_linear_rule's table ("# ..."), then gpu_fused_tiles' ("## ...")
+        text = rule.read_text().strip()
+        lines += [("#" + text) if text.startswith("# ") else text, ""]
     suite = out_dir / "suite.json"
     if suite.exists():
         from .results_to_markdown import render as render_suite

@@ -2,7 +2,8 @@
 # One prepared check of corp-kernels on a CUDA machine, in at most BUDGET_S seconds (default 470):
 # builds the C++ and CUDA extensions in place, runs the kernel tests on CUDA (Triton compiled, the
 # CUDA extension, torch on CUDA), the micro-benchmarks, the end-to-end population-search
-# throughput on a ~0.5B Llama, the benchmark suite in bf16, and the fused-vs-chunked table.
+# throughput on a ~0.5B Llama, the fused-vs-chunked table, the fused decode tiles against each
+# other in CUDA-graph time, and (last: what a short budget drops first) the benchmark suite in bf16.
 #
 # Runs on the GPU machine's own stack (python3 with torch+CUDA, triton, pytest-xdist; no network):
 #     OUT=/some/dir bash scripts/gpu_check.sh
@@ -63,18 +64,24 @@ if [ "$CUDA" = 1 ]; then
   timeout "$(cap 150)" "$PY" -m benchmarks.bench_search_throughput --size 0.5b --members 3 \
     --population 8 16 --population-fused 16 --out "$OUT/search.json" || fail "search throughput"
 
-  step "benchmark suite (bf16, quick)"
-  timeout "$(cap 90)" "$PY" -m benchmarks.run --quick --device cuda --output "$OUT/suite.json" \
-    || fail "benchmark suite"
-
   step "perturbed_linear: fused vs chunked vs materialize, paired intervals (the Triton rule)"
   timeout "$(cap 60)" "$PY" -m benchmarks.bench_linear_rule --device cuda --repeats 11 \
     --output "$OUT/linear_rule.md" || fail "linear rule benchmark"
+
+  step "fused decode tiles against each other, CUDA graphs (appended to linear_rule.md)"
+  timeout "$(cap 75)" "$PY" -m benchmarks.gpu_fused_tiles --budget-s 50 --append \
+    --output "$OUT/linear_rule.md" || fail "fused tile benchmark"
+
+  step "benchmark suite (bf16, quick)"
+  timeout "$(cap 90)" "$PY" -m benchmarks.run --quick --device cuda --output "$OUT/suite.json" \
+    || fail "benchmark suite"
 else
   step "no CUDA device: micro-benchmarks and suite skipped; search benchmark on a tiny model"
   timeout "$(cap 120)" "$PY" -m benchmarks.bench_search_throughput --size tiny --device cpu \
     --prompts 4 --new-tokens 4 --members 2 --population 2 --population-fused 2 --out "$OUT/search.json" \
     || fail "search throughput (tiny, CPU)"
+  timeout "$(cap 60)" "$PY" -m benchmarks.gpu_fused_tiles --output "$OUT/linear_rule.md" \
+    || fail "fused tile benchmark (interpreter, CPU)"
 fi
 
 step "done: status $status"

@@ -70,3 +70,34 @@ def test_gpu_report_includes_the_linear_rule_table(tmp_path):
     text = render(tmp_path)
     assert "\n## perturbed_linear: fused vs chunked" in text  # one level below the report's title
     assert "| 576x576 | 4 |" in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU run is a check of the script")
+def test_fused_tile_benchmark_runs_every_candidate_under_the_interpreter(tmp_path):
+    from benchmarks import gpu_fused_tiles
+    from corp_kernels.triton_kernels.perturbed_linear import DECODE_TILE_CANDIDATES
+    out = tmp_path / "linear_rule.md"
+    out.write_text("# earlier table\n")
+    assert gpu_fused_tiles.main(["--output", str(out), "--append"]) == 0
+    text = out.read_text()
+    assert text.startswith("# earlier table\n")  # --append keeps what was there
+    assert "not a measurement" in text
+    assert "| 8x64 | 1 | 1 |" in text and "| 8x64 | 2 | 2 |" in text
+    header = next(line for line in text.splitlines() if line.startswith("| W | T | P |"))
+    assert header.count(" w8") == len(DECODE_TILE_CANDIDATES)
+    errors = [float(e) for e in __import__("re").findall(r"err ([0-9.e+-]+)\)", text)]
+    assert len(errors) == 2 * len(DECODE_TILE_CANDIDATES) and max(errors) < 1e-5
+
+
+def test_relative_error_is_scaled_by_the_references_rms():
+    from benchmarks.gpu_fused_tiles import relative_error
+    ref = torch.tensor([3.0, -4.0])  # rms = sqrt(12.5)
+    assert relative_error(ref + torch.tensor([0.0, 0.5]), ref) == pytest.approx(0.5 / 12.5 ** 0.5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA refusal")
+def test_fused_tile_benchmark_refuses_without_cuda_or_the_interpreter(tmp_path, monkeypatch):
+    from benchmarks import gpu_fused_tiles
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert gpu_fused_tiles.main(["--output", str(tmp_path / "x.md")]) == 2
+    assert not (tmp_path / "x.md").exists()
