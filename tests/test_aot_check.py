@@ -125,3 +125,19 @@ def test_every_dispatched_linear_variant_is_also_checked_at_a_model_layers_sizes
             assert len(model) == 1, (v.config, tokens)
             assert {"N", "K", "k_per_split"} <= model[0].divisible
             assert (model[0].sig["T"] == "constexpr") == (tokens == 1)
+
+
+def test_fused_tile_table_puts_each_variant_in_its_column():
+    """render_tiles: one line per (arch, tile, warps), the four (members, T) variants in order."""
+    def row(one, tokens, regs):
+        return {"arch": "sm_90", "ok": True, "num_warps": 8, "wgmma": True, "mma": False,
+                "config": f"tile=64x32x32 aligned=1 one_member={int(one)} split={int(one)} "
+                          f"ints=4096 T={tokens}", "regs": regs, "spill_stores": 0,
+                "spill_loads": 0, "resident_warps": 40}
+    rows = [row(False, 64, 4), row(True, 1, 1), row(False, 1, 3), row(True, 64, 2)]
+    text = _aot_module().render_tiles(rows, "3.x")
+    line = next(x for x in text.splitlines() if x.startswith("| sm_90 | 64x32x32 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2:4] == ["8", "4"]  # warps, normals per thread per K step: 32 * 32 / 256
+    assert [c.split(",")[0] for c in cells[4:8]] == ["1", "2", "3", "4"]
+    assert cells[8:] == ["wgmma", "yes"]  # the dispatched tile is a candidate
