@@ -1,17 +1,22 @@
-"""Fused decode tiles of perturbed_linear timed against each other on a GPU, in GPU time only.
+"""Fused decode tiles of perturbed_linear timed against each other on a GPU, in GPU time.
 
     python -m benchmarks.gpu_fused_tiles [--output FILE.md] [--append] [--budget-s 60]
 
 The fused kernel is bound by its noise generator, so the warps resident per SM, which hide its
 latency, matter; registers decide them (benchmarks/results/aot-fused-tiles.md: 16 warps for the
 64 x 64 x 64 tile measured on an H200, 40 for the 64 x 32 x 32 tile `_tiles` uses since, on sm_90).
-Whether more resident warps make it faster can only be measured. For each weight shape, token count and member count,
-every tile of perturbed_linear.DECODE_TILE_CANDIDATES runs forced, beside "materialize W +
-sigma*eps, then cuBLAS" and plain F.linear. On CUDA each timed call is a CUDA graph replaying
-REPLAYS calls, so the host's work (checks, dispatch, Triton's launcher) drops out; rounds are
-interleaved in a shuffled order and each tile's ratio to materialize has a paired 95% interval.
-Every tile's output is compared with materialize's (the same rounded W + sigma*eps; only the
-order of the sums differs).
+Whether more resident warps make it faster can only be measured. For each weight shape, token
+count and member count, every tile of perturbed_linear.DECODE_TILE_CANDIDATES runs forced, beside
+"materialize W + sigma*eps, then cuBLAS" and plain F.linear.
+
+On CUDA each timed call is a CUDA graph of at least REPLAYS calls, timed by CUDA events behind a
+sleep kernel that keeps the GPU busy while the round is queued, so the host's work (checks,
+dispatch, Triton's launcher) drops out. The calls rotate over copies of W that together exceed twice the
+L2 cache, so no call finds W cached. Rounds run in a shuffled order; each tile gets paired 95%
+intervals against materialize and against the tile `_tiles` uses now. Each tile's eager output
+is compared with materialize's (the same rounded W + sigma*eps; only the order of the sums
+differs): above ERROR_LIMIT the cell says so and the exit status is 1. The table is rewritten
+after every row, so a run cut short keeps what it measured.
 
 Without CUDA it runs one tiny shape eagerly under Triton's interpreter: a check of the script
 itself, not a measurement.
@@ -20,7 +25,10 @@ itself, not a measurement.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,8 +42,12 @@ from ._measure import interleaved_times, paired_ratio, paired_ratio_interval
 
 SIGMA = 1e-3
 REPLAYS = 20
-# (N, K) of a ~0.5B decoder (hidden 896: q/o, MLP up) and a 7B-sized square layer.
-SHAPES = [(896, 896), (4864, 896), (4096, 4096)]
+# max |y - y_materialize| / rms(y_materialize) beyond which a tile is wrong, not reordered: one
+# bf16 rounding step of an output three times the rms is 0.012.
+ERROR_LIMIT = 5e-2
+# (N, K): a 7B-sized square layer first (what a short budget must not drop), then a ~0.5B
+# decoder's (hidden 896: q/o, MLP up).
+SHAPES = [(4096, 4096), (896, 896), (4864, 896)]
 # (tokens per member, members): decode of one model, a short prompt, a population step.
 CALLS = [(1, 1), (16, 1), (64, 1), (16, 16)]
 
@@ -47,23 +59,57 @@ def materialize(x, w, seed: int, sigma: float):
     return F.linear(x, w_eff)
 
 
-def _repeated(fn, device: str):
-    """A callable that runs fn REPLAYS times: one CUDA-graph replay on CUDA (captured after a
-    warm-up call), plain calls elsewhere."""
+def _repeated(call, device: str, count: int):
+    """call(i) runs the i-th call (on the i-th copy of W). Returns a callable that runs `count`
+    calls as one CUDA-graph replay on CUDA (captured after a warm-up call), one call elsewhere."""
     if device != "cuda":
-        return fn
-    fn()
+        return lambda: call(0)
+    call(0)
     torch.cuda.synchronize()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        fn()
+        call(0)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for _ in range(REPLAYS):
-            fn()
+        for i in range(count):
+            call(i)
     return graph.replay
+
+
+def event_times(fns: dict, repeats: int, seed: int = 0) -> dict[str, list[float]]:
+    """Seconds of GPU time of each fn, `repeats` rounds in a shuffled order (seeded). A sleep
+    kernel ahead of each round keeps the GPU busy while the host queues it, so the events time
+    the GPU's work and not the host's launches."""
+    for fn in fns.values():
+        fn()
+    torch.cuda.synchronize()
+    order, shuffle = list(fns), random.Random(seed).shuffle
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        shuffle(order)
+        torch.cuda._sleep(2_000_000)  # about 1 ms
+        marks = []
+        for name in order:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fns[name]()
+            end.record()
+            marks.append((name, start, end))
+        torch.cuda.synchronize()
+        for name, start, end in marks:
+            times[name].append(start.elapsed_time(end) / 1e3)
+    return times
+
+
+def w_copies(w: torch.Tensor) -> list[torch.Tensor]:
+    """w and clones of it, together at least twice the L2 cache."""
+    if not w.is_cuda:
+        return [w]
+    l2 = torch.cuda.get_device_properties(w.device).L2_cache_size
+    count = max(1, math.ceil(2 * l2 / (w.numel() * w.element_size())))
+    return [w] + [w.clone() for _ in range(count - 1)]
 
 
 def relative_error(y: torch.Tensor, reference: torch.Tensor) -> float:
@@ -80,44 +126,61 @@ def measure_call(w, tokens: int, members: int, tiles, device: str, repeats: int)
     seeds = torch.arange(11, 11 + members, dtype=torch.int64)
     sigmas = torch.full((members,), SIGMA)
     x = torch.randn(members, tokens, n_in, device=device, dtype=w.dtype)
+    ws = w_copies(w)
 
     def fused(tile):
-        return lambda: tpl.population_linear(x, w, None, seeds, sigmas, 0, "fused", tiles=tile)
+        return lambda i: tpl.population_linear(x, ws[i % len(ws)], None, seeds, sigmas, 0,
+                                               "fused", tiles=tile)
 
-    def materialized():
-        return torch.stack([materialize(x[p], w, int(seeds[p]), SIGMA) for p in range(members)])
-    reference = materialized()
-    errors = {tile: relative_error(fused(tile)(), reference) for tile in tiles}
-    fns = {f"tile {tile}": _repeated(fused(tile), device) for tile in tiles}
-    fns["materialize"] = _repeated(materialized, device)
-    fns["plain"] = _repeated(lambda: F.linear(x, w), device)
-    times = interleaved_times(fns, repeats, device)
-    per_call = 1e3 / (REPLAYS if device == "cuda" else 1)
-    row = {"W": f"{w.shape[0]}x{n_in}", "T": tokens, "P": members,
-           "materialize_ms": sorted(times["materialize"])[repeats // 2] * per_call,
-           "plain_ms": sorted(times["plain"])[repeats // 2] * per_call, "tiles": {}}
+    def materialized(i):
+        return torch.stack([materialize(x[p], ws[i % len(ws)], int(seeds[p]), SIGMA)
+                            for p in range(members)])
+    reference = materialized(0)
+    errors = {tile: relative_error(fused(tile)(0), reference) for tile in tiles}
+    # every copy of W once per replay, and at least REPLAYS calls
+    count = max(REPLAYS, len(ws)) if device == "cuda" else 1
+    fns = {f"tile {tile}": _repeated(fused(tile), device, count) for tile in tiles}
+    fns["materialize"] = _repeated(materialized, device, count)
+    fns["plain"] = _repeated(lambda i: F.linear(x, ws[i % len(ws)]), device, count)
+    times = (event_times(fns, repeats) if device == "cuda"
+             else interleaved_times(fns, repeats, device))
+    per_call = 1e3 / count
+    current = f"tile {tpl._tiles(tokens)}"
+
+    def versus(numerator, denominator):
+        lo, hi = paired_ratio_interval(times[numerator], times[denominator])
+        return paired_ratio(times[numerator], times[denominator]), lo, hi
+    row = {"W": f"{w.shape[0]}x{n_in}", "T": tokens, "P": members, "w_copies": len(ws),
+           "calls_per_replay": count,
+           "materialize_ms": statistics.median(times["materialize"]) * per_call,
+           "plain_ms": statistics.median(times["plain"]) * per_call, "tiles": {}}
     for tile in tiles:
         name = f"tile {tile}"
-        lo, hi = paired_ratio_interval(times["materialize"], times[name])
-        ratio = paired_ratio(times["materialize"], times[name])
-        row["tiles"][tile] = {"ms": sorted(times[name])[repeats // 2] * per_call,
-                              "materialize_over_tile": (ratio, lo, hi),
+        row["tiles"][tile] = {"ms": statistics.median(times[name]) * per_call,
+                              "materialize_over_tile": versus("materialize", name),
+                              "current_over_tile": (versus(current, name) if current in times
+                                                    else None),
                               "max_rel_error": errors[tile]}
     return row
 
 
+def _interval(r) -> str:
+    ratio, lo, hi = r
+    return f"{ratio:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
 def render(rows: list[dict], tiles, device_name: str, dtype: torch.dtype, repeats: int,
-           graphs: bool) -> str:
+           graphs: bool, skipped: int = 0, budget_s: float = 0.0) -> str:
     from corp_kernels.triton_kernels.perturbed_linear import _tiles
-    timing = (f"in GPU time (CUDA-graph replays of {REPLAYS} calls" if graphs
-              else "(eager calls")
+    timing = (f"GPU time of CUDA-graph replays of at least {REPLAYS} calls, over copies of W "
+              "twice the L2 cache (CUDA events)" if graphs else "eager calls")
     lines = [f"## Fused decode tiles on {device_name} ({str(dtype).removeprefix('torch.')}, "
              f"{time.strftime('%Y-%m-%d')})", "",
-             f"`python -m benchmarks.gpu_fused_tiles`. ms per call {timing}, median of {repeats} "
-             "interleaved rounds); in brackets "
-             "materialize-then-cuBLAS / tile, median of per-round ratios [95% interval], > 1: the "
-             "tile is faster. * marks the tile `_tiles` uses now. err: max |y - y_materialize| / "
-             "rms(y_materialize).", "",
+             f"`python -m benchmarks.gpu_fused_tiles`. ms per call: {timing}, median of "
+             f"{repeats} interleaved rounds. Each tile's cell: ms; mat = materialize-then-cuBLAS "
+             "/ tile and cur = the tile `_tiles` uses now (marked *) / tile, each the median of "
+             "per-round ratios [95% interval], > 1: this tile is faster; err = max |y - "
+             f"y_materialize| / rms(y_materialize), ERROR above {ERROR_LIMIT}.", "",
              "| W | T | P | plain ms | materialize ms | "
              + " | ".join(f"{'*' if t == _tiles(16) else ''}{t[0]}x{t[1]}x{t[2]} w{t[3]}"
                           for t in tiles) + " |",
@@ -126,12 +189,22 @@ def render(rows: list[dict], tiles, device_name: str, dtype: torch.dtype, repeat
         cells = []
         for tile in tiles:
             c = r["tiles"][tile]
-            ratio, lo, hi = c["materialize_over_tile"]
-            cells.append(f"{c['ms']:.4f} ({ratio:.2f} [{lo:.2f}, {hi:.2f}], "
-                         f"err {c['max_rel_error']:.1e})")
+            versus_current = (f"; cur {_interval(c['current_over_tile'])}"
+                              if c["current_over_tile"] and tile != _tiles(r["T"]) else "")
+            wrong = "ERROR " if c["max_rel_error"] > ERROR_LIMIT else ""
+            cells.append(f"{c['ms']:.4f} (mat {_interval(c['materialize_over_tile'])}"
+                         f"{versus_current}; {wrong}err {c['max_rel_error']:.1e})")
         lines.append(f"| {r['W']} | {r['T']} | {r['P']} | {r['plain_ms']:.4f} | "
                      f"{r['materialize_ms']:.4f} | " + " | ".join(cells) + " |")
+    if skipped:
+        lines += ["", f"{skipped} rows not run: over the {budget_s:.0f} s budget."]
     return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, previous: str, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(previous + text)
+    tmp.replace(path)
 
 
 def main(argv=None) -> int:
@@ -156,6 +229,7 @@ def main(argv=None) -> int:
     else:  # the interpreter: one tiny shape, a check of the script only
         shapes, calls, dtype, repeats = [(8, 64)], [(1, 1), (2, 2)], torch.float32, 3
         name = "CPU (Triton interpreter, not a measurement)"
+    previous = args.output.read_text() + "\n" if args.append and args.output.exists() else ""
     start, rows, skipped = time.time(), [], 0
     for n_out, n_in in shapes:
         w = (torch.randn(n_out, n_in, device=device) / n_in ** 0.5).to(dtype)
@@ -166,15 +240,13 @@ def main(argv=None) -> int:
             rows.append(measure_call(w, tokens, members, tiles, device, repeats))
             print(f"  {rows[-1]['W']} T={tokens} P={members}: " + ", ".join(
                 f"{t}: {c['ms']:.4f} ms" for t, c in rows[-1]["tiles"].items()), flush=True)
-    text = render(rows, tiles, name, dtype, repeats, graphs=cuda)
-    if skipped:
-        text += f"\n{skipped} rows not run: over the {args.budget_s:.0f} s budget.\n"
-    previous = args.output.read_text() + "\n" if args.append and args.output.exists() else ""
-    tmp = args.output.with_suffix(args.output.suffix + ".tmp")
-    tmp.write_text(previous + text)
-    tmp.replace(args.output)
-    print(f"wrote {args.output}")
-    return 0
+            _write(args.output, previous, render(rows, tiles, name, dtype, repeats, cuda))
+    _write(args.output, previous, render(rows, tiles, name, dtype, repeats, cuda, skipped,
+                                         args.budget_s))
+    wrong = [(r["W"], r["T"], r["P"], t) for r in rows for t, c in r["tiles"].items()
+             if c["max_rel_error"] > ERROR_LIMIT]
+    print(f"wrote {args.output}" + (f"; ERROR above {ERROR_LIMIT}: {wrong}" if wrong else ""))
+    return 1 if wrong else 0
 
 
 if __name__ == "__main__":

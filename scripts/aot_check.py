@@ -12,10 +12,10 @@ fp16/bf16 configuration (fp32 rows are reported, never failed: fp32 on a GPU is 
 
 The variants are built from the launchers' own constants (tile tables, block sizes), so a launcher
 that changes its configurations changes what is checked. Each is compiled twice, as Triton's JIT
-specializes it: with odd sizes (no integer specialization) and with a 4096 x 4096 layer's (sizes
-that are multiples of 16 compiled knowing so, T = 1 and P = 1 as constants), since a model's
-layers run the second, with very different registers. `--fp32` adds the fp32 perturbed_linear
-variants, which take up to a minute each to compile on 2 cores.
+specializes their integer arguments: for a 4099 x 4100 layer at an odd stream offset and for a
+4096 x 4096 layer (sizes that are multiples of 16 compiled knowing so, T = 1 and P = 1 as
+constants). A model's layers run the second, with very different registers. `--fp32` adds the
+fp32 perturbed_linear variants, which take up to a minute each to compile on 2 cores.
 """
 
 from __future__ import annotations
@@ -52,10 +52,10 @@ class Variant(NamedTuple):
 def with_int_values(v: Variant, values: dict, label: str) -> Variant:
     """v as Triton's JIT specializes it for these integer argument values: an argument equal to 1
     becomes a constant, one divisible by 16 is compiled knowing so (aligned, vectorized loads, no
-    per-element masks along it). Uses the installed Triton's own specialization function, so the
-    compiled code is what a launch with such sizes runs. Registers can differ a lot:
-    perturbed_linear's 64 x 64 x 64 tile takes 238 registers with odd sizes and about 105 with a
-    4096 x 4096 layer's (and there spills on sm_80)."""
+    per-element masks along it), and each takes the type its value needs (i32 or i64). Uses the
+    installed Triton's own specialization function. Registers can differ a lot: perturbed_linear's
+    64 x 64 x 64 tile takes 238 registers with no integer specialization and about 105 with a
+    4096 x 4096 layer's sizes (and there spills on sm_80)."""
     from triton._C.libtriton import native_specialize_impl
     from triton.backends.compiler import BaseBackend
     sig, const, divisible = dict(v.sig), dict(v.const), set()
@@ -65,28 +65,65 @@ def with_int_values(v: Variant, values: dict, label: str) -> Variant:
         kind, spec = native_specialize_impl(BaseBackend, value, False, True, True)[:2]
         if kind == "constexpr":
             sig[name], const[name] = "constexpr", spec
-        elif spec == "D":
-            divisible.add(name)
+        else:
+            sig[name] = kind
+            if spec == "D":
+                divisible.add(name)
     return v._replace(config=f"{v.config} {label}".strip(), sig=sig, const=const,
                       divisible=frozenset(divisible))
 
 
-# Integer arguments of each kernel for a 4096 x 4096 layer (16 members, stream offset 0) as the
-# JIT sees them; "odd" rows compile with no integer specialization (what odd test sizes get).
-MODEL_INTS = {
-    "noise_fill": {"n": 4096 * 4096, "counter_base": 0, "rem": 0},
-    "weighted_noise_sum": {"n": 4096 * 4096, "K": 16, "counter_base": 0, "rem": 0},
-    "perturbed_linear": {"N": 4096, "K": 4096, "k_per_split": 512, "counter_base": 0, "rem": 0},
-    "noise_gram": {"K": 16, "n": 4096 * 4096, "counter_base": 0, "rem": 0, "n_chunks": 4096},
-    "noise_sketch": {"K": 16, "m": 4096, "n": 4096, "r": 16, "counter_base": 0, "rem": 0},
-    "philox": {"n": 4096},
+# The bits of a derived 64-bit seed, as launchers pass them (not a multiple of 16).
+SEED = 0x5DEECE66D3A5B7C3
+# Integer arguments as the JIT sees them for two layers. "4096": a 4096 x 4096 layer (16 members,
+# stream offset 0), what a model runs. "odd": 4099 x 4100 at an odd stream offset, what odd test
+# sizes run; what the launcher guarantees still holds there (an aligned variant has rem = 0 and
+# K % 4 = 0, one member's P is 1, k_per_split is a multiple of BLOCK_K).
+INTS = {
+    "odd": {
+        "noise_fill": {"n": 4099, "seed": SEED, "counter_base": 12345, "rem": 3},
+        "weighted_noise_sum": {"n": 4099, "K": 3, "counter_base": 12345, "rem": 3},
+        "noise_gram": {"K": 3, "n": 4099, "counter_base": 12345, "rem": 3, "n_chunks": 7},
+        "noise_sketch": {"K": 3, "m": 4099, "n": 4099, "r": 13, "counter_base": 12345, "rem": 3,
+                         "splits": 33},
+        "philox": {"n": 4099},
+    },
+    "4096": {
+        "noise_fill": {"n": 4096 * 4096, "seed": SEED, "counter_base": 0, "rem": 0},
+        "weighted_noise_sum": {"n": 4096 * 4096, "K": 16, "counter_base": 0, "rem": 0},
+        "noise_gram": {"K": 16, "n": 4096 * 4096, "counter_base": 0, "rem": 0, "n_chunks": 4096},
+        "noise_sketch": {"K": 16, "m": 4096, "n": 4096, "r": 16, "counter_base": 0, "rem": 0,
+                         "splits": 33},
+        "philox": {"n": 4096},
+    },
 }
 
 
 def _both_int_classes(v: Variant) -> list[Variant]:
-    """v with odd sizes, and v with a 4096 x 4096 layer's (MODEL_INTS)."""
-    values = MODEL_INTS[v.kernel.removesuffix("_left").removesuffix("_right")]
-    return [with_int_values(v, {}, "ints=odd"), with_int_values(v, values, "ints=4096")]
+    """v with an odd layer's integer arguments and with a 4096 x 4096 layer's (INTS)."""
+    name = v.kernel.removesuffix("_left").removesuffix("_right")
+    out = []
+    for label, table in INTS.items():
+        values = dict(table[name])
+        if v.const.get("ALIGNED"):  # the launcher only sets it for rem = 0 and n % 4 = 0
+            values.update(rem=0, n=4100 if label == "odd" else values["n"])
+        out.append(with_int_values(v, values, f"ints={label}"))
+    return out
+
+
+def linear_ints(v: Variant, label: str, tokens: int) -> Variant:
+    """A perturbed_linear variant as launched for a 4096 x 4096 layer (label "4096") or a
+    4099 x 4100 one at an odd stream offset ("odd"), at `tokens` tokens per member."""
+    one, block_k = v.const["ONE_MEMBER"], v.const["BLOCK_K"]
+    if label == "4096":
+        values = {"N": 4096, "K": 4096, "k_per_split": 512 if v.const["SPLIT"] else 4096,
+                  "counter_base": 0, "rem": 0, "P": 1 if one else 16}
+    else:
+        values = {"N": 4099, "K": 4100 if v.const["ALIGNED"] else 4099,
+                  "k_per_split": block_k * 33, "counter_base": 12345,
+                  "rem": 0 if v.const["ALIGNED"] else 3, "P": 1 if one else 3}
+    values.update(T=tokens, seed0=SEED if one else 0)
+    return with_int_values(v, values, f"ints={label} T={tokens}")
 
 
 def variants(include_fp32_linear: bool) -> list[Variant]:
@@ -120,9 +157,9 @@ def variants(include_fp32_linear: bool) -> list[Variant]:
                         # choose_strategy sends only aligned calls of few tokens to fused.
                         v = linear_variant(dt, tile, aligned, one_member, split,
                                            aligned and tile in dispatched_tiles)
-                        out.append(with_int_values(v, {}, "ints=odd"))
+                        out.append(linear_ints(v, "odd", 3))
                         if aligned:  # a model's layer: sizes of 16s, stream offset 0
-                            out += [linear_model_ints(v, t) for t in _tokens_of(tile)]
+                            out += [linear_ints(v, "4096", t) for t in _tokens_of(tile)]
 
     sig = {"out_ptr": "*fp32", "seeds_ptr": "*i64", "K": "i32", "n": "i32", "counter_base": "i64",
            "rem": "i32", "n_chunks": "i32", "SPLITS": "constexpr", "ONE_BLOCK": "constexpr",
@@ -147,7 +184,8 @@ def variants(include_fp32_linear: bool) -> list[Variant]:
                 v = Variant(f"noise_sketch_{side}", f"R={block_r} aligned={int(aligned)}", "fp32",
                             fn, sig, {"ALIGNED": aligned, "BLOCK_M": 32, "BLOCK_N": 32,
                                       "BLOCK_R": block_r}, {}, True)
-                out += _both_int_classes(v) if aligned else [with_int_values(v, {}, "ints=odd")]
+                # unaligned: only an odd layer (a model's, offset 0, is aligned)
+                out += _both_int_classes(v) if aligned else _both_int_classes(v)[:1]
 
     sig = {"counters_ptr": "*i64", "keys_ptr": "*i64", "out_ptr": "*i64", "n": "i32",
            "BLOCK": "constexpr"}
@@ -156,9 +194,9 @@ def variants(include_fp32_linear: bool) -> list[Variant]:
     return out
 
 
-# Per-SM limits of sm_80 and sm_90 (CUDA occupancy calculator): 64K registers allocated per warp in
-# units of 256, at most 64 resident warps and 32 resident programs, shared memory per SM (with 1 KiB
-# reserved per program).
+# Per-SM limits of sm_80 and sm_90 (CUDA occupancy calculator): four sub-partitions of 16K
+# registers, allocated per warp in units of 256; at most 64 resident warps and 32 resident
+# programs; shared memory per SM, allocated in units of 128 bytes with 1 KiB reserved per program.
 _SM_LIMITS = {80: {"smem": 164 << 10}, 90: {"smem": 228 << 10}}
 
 
@@ -167,8 +205,10 @@ def resident_warps(cc: int, regs: int, warps: int, smem: int) -> int:
     kernel such as the noise generator. Registers usually decide it here: 105 per thread leave two
     8-warp programs per SM (16 warps), where noise_fill (52-56 registers, 4 warps) keeps 36."""
     per_warp = -(-regs * 32 // 256) * 256
-    programs = min(65536 // (per_warp * warps), 64 // warps, 32,
-                   _SM_LIMITS[cc]["smem"] // (smem + 1024))
+    warps_by_regs = 4 * (16384 // per_warp)
+    smem_per_program = -(-smem // 128) * 128 + 1024
+    programs = min(warps_by_regs // warps, 64 // warps, 32,
+                   _SM_LIMITS[cc]["smem"] // smem_per_program)
     return programs * warps
 
 
@@ -198,21 +238,13 @@ def _tokens_of(tile: tuple) -> tuple[int, ...]:
     return (1, 64) if tile[0] <= 64 else (2048,)
 
 
-def linear_model_ints(v: Variant, tokens: int) -> Variant:
-    """A perturbed_linear variant for a 4096 x 4096 layer at `tokens` tokens per member (P = 1
-    is a constant for one member, 16 members otherwise)."""
-    members = 1 if v.const["ONE_MEMBER"] else 16
-    return with_int_values(v, {**MODEL_INTS["perturbed_linear"], "T": tokens, "P": members},
-                           f"ints=4096 T={tokens}")
-
-
 def fused_tile_variants():
     """Every fused tile a decode step could use, bf16, at a 4096 x 4096 layer's sizes and T = 1 or
     64: one member with split-K (decode of one model) and 16 members without (P programs per W
     tile). For the sweep that narrows the tiles a GPU then times
     (perturbed_linear.DECODE_TILE_CANDIDATES)."""
-    return [linear_model_ints(linear_variant("bf16", (bt, bn, bk, warps), True, one_member,
-                                             one_member, False), tokens)
+    return [linear_ints(linear_variant("bf16", (bt, bn, bk, warps), True, one_member, one_member,
+                                       False), "4096", tokens)
             for bt in (16, 32, 64) for bn in (32, 64, 128) for bk in (32, 64) for warps in (4, 8)
             for one_member in (True, False) for tokens in (1, 64)]
 
@@ -343,17 +375,18 @@ def render_tiles(rows: list[dict], version: str) -> str:
     """The fused-tile sweep: one line per (arch, tile, warps); one member (split-K) and
     population, each at T = 1 and T = 64, side by side."""
     from corp_kernels.triton_kernels.perturbed_linear import DECODE_TILE_CANDIDATES
-    lines = [f"# Fused perturbed_linear tiles for decode, compiled ahead of time (triton {version}, "
-             "bf16, no GPU)", "",
-             "Written by `scripts/aot_check.py --fused-tiles`. Each tile is compiled as Triton's JIT "
-             "specializes it for a 4096 x 4096 layer (sizes multiples of 16, stream offset 0; T = 1 "
-             "and P = 1 become constants), at T = 1 and T = 64, for one member (split-K) and for 16 "
-             "members. The kernel is bound by its noise generator (Philox4x32-10 + Box-Muller), so "
+    lines = [f"# Fused perturbed_linear tiles for decode, compiled ahead of time (triton "
+             f"{version}, bf16, no GPU)", "",
+             "Written by `scripts/aot_check.py --fused-tiles`. Each tile is compiled as Triton's "
+             "JIT specializes it for a 4096 x 4096 layer (sizes multiples of 16, stream offset 0; "
+             "T = 1 and P = 1 become constants), at T = 1 and T = 64, for one member (split-K) and "
+             "for 16 members. The kernel is bound by its noise generator (Philox4x32-10 + Box-Muller), so "
              "the warps resident per SM, which hide its latency, matter; registers decide them. "
              "Each cell: registers, spill stores/loads (bytes per thread), warps resident per SM. "
              "Candidates (`DECODE_TILE_CANDIDATES`, marked) are spill-free in every cell on both "
-             "archs; a GPU times them against each other (`benchmarks/gpu_fused_tiles.py`) before "
-             "`_tiles` changes. These are compile-time figures, not speed.", "",
+             "archs, except 64x64x64 on sm_80 (the tile used before, kept to be timed against); a "
+             "GPU times them against each other (`benchmarks/gpu_fused_tiles.py`) before `_tiles` "
+             "changes. These are compile-time figures, not speed.", "",
              "| arch | tile TxNxK | warps | normals/thread/step | one member T=1 | one member T=64 "
              "| 16 members T=1 | 16 members T=64 | tensor cores | candidate |",
              "|---|---|---:|---:|---|---|---|---|---|---|"]
@@ -374,7 +407,8 @@ def render_tiles(rows: list[dict], version: str) -> str:
         cores = ("wgmma" if ok and ok[0]["wgmma"] else "mma" if ok and ok[0]["mma"] else "-")
         mark = "yes" if (bt, bn, bk, warps) in DECODE_TILE_CANDIDATES else ""
         lines.append(f"| {arch} | {tile} | {warps} | {bn * bk // (32 * warps)} | "
-                     + " | ".join(cell(cells.get(k)) for k in ("one 1", "one 64", "pop 1", "pop 64"))
+                     + " | ".join(cell(cells.get(k))
+                                  for k in ("one 1", "one 64", "pop 1", "pop 64"))
                      + f" | {cores} | {mark} |")
     return "\n".join(lines) + "\n"
 
@@ -382,16 +416,16 @@ def render_tiles(rows: list[dict], version: str) -> str:
 def render(rows: list[dict], version: str) -> str:
     lines = [f"# Triton kernels compiled ahead of time (triton {version}, no GPU)", "",
              "Every configuration the launchers use; `scripts/aot_check.py` writes this table and "
-             "fails CI on a compile error or on a spill in an fp16/bf16 configuration the dispatcher "
-             "launches. spill = bytes of spill stores/loads per thread (ptxas -v); the stack also "
+             "fails CI on a compile error or on a spill in an fp16/bf16 configuration the "
+             "dispatcher launches. spill = bytes of spill stores/loads per thread (ptxas -v); the stack also "
              "holds the precise sin/cos range-reduction table. dispatched = no: only "
              "CORP_KERNELS_LINEAR_STRATEGY=fused reaches it (unaligned or many-token fused tiles "
-             "go to the chunked strategy). ints=odd: compiled with no integer specialization, as "
-             "odd sizes are; ints=4096: as the JIT compiles a 4096 x 4096 layer (sizes multiples "
-             "of 16, stream offset 0, T tokens; T = 1 and one member's P = 1 become constants), "
-             "which is what a model's layers run. warps/SM = warps of the kernel resident on one "
-             "SM, from registers, shared memory and warps (what hides the noise generator's "
-             "latency).", "",
+             "go to the chunked strategy). Integer arguments as the JIT specializes them: ints=odd "
+             "for a 4099 x 4100 layer at an odd stream offset (T = 3), ints=4096 for a 4096 x 4096 "
+             "layer at offset 0 (sizes multiples of 16; T = 1 and one member's P = 1 become "
+             "constants), which is what a model's layers run. warps/SM = warps of the kernel "
+             "resident on one SM, from registers, shared memory and warps (what hides the noise "
+             "generator's latency).", "",
              "| arch | kernel | dtype | config | dispatched | regs | spill st/ld | stack | smem | "
              "warps | warps/SM | tensor cores | verdict |",
              "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]

@@ -65,6 +65,8 @@ def test_merge_replaces_one_kernels_rows_in_place():
     (90, 16, 1, 0, 32),  # program limit: 32 of 1 warp
     (80, 32, 4, 60 << 10, 8),  # shared memory: 164 KiB / 61 KiB = 2 programs
     (90, 32, 4, 60 << 10, 12),  # sm_90 has 228 KiB: 3
+    (90, 105, 1, 0, 16),  # 3584 per warp: 4 per 16K sub-partition, not 18 of the whole 64K
+    (90, 32, 4, 75 * 1024 + 1, 8),  # 75 KiB + 1 byte rounds to 75 KiB + 128, + 1 KiB: 2 fit
 ])
 def test_resident_warps_follows_registers_threads_programs_and_shared_memory(cc, regs, warps,
                                                                             smem, expected):
@@ -84,9 +86,9 @@ def test_fused_tile_candidates_are_spill_free_on_both_archs_in_the_committed_swe
         assert {(r["arch"], "one_member=1" in r["config"]) for r in mine} == {
             (a, one) for a in ("sm_90", "sm_80") for one in (True, False)}, (bt, bn, bk, warps)
         for r in mine:
+            assert r["ok"], r
             spilled = r["spill_stores"] or r["spill_loads"]
-            assert r["ok"] and (not spilled or ((bt, bn, bk) == (64, 64, 64)
-                                                 and r["arch"] == "sm_80")), r
+            assert not spilled or ((bt, bn, bk) == (64, 64, 64) and r["arch"] == "sm_80"), r
 
 
 def test_fused_tile_sweep_covers_the_dispatched_decode_tile():
@@ -99,13 +101,15 @@ def test_fused_tile_sweep_covers_the_dispatched_decode_tile():
 
 
 def test_integer_arguments_are_specialized_as_the_jit_does():
-    """A size of 1 becomes a constant and a multiple of 16 is compiled knowing so: the code a
-    model's layer runs (the decode tile takes about 105 registers there, 238 with odd sizes)."""
+    """A size of 1 becomes a constant, a multiple of 16 is compiled knowing so, and each argument
+    takes the type its value needs: the code a layer of those sizes runs."""
     aot = _aot_module()
     linear = aot.linear_variant("bf16", (64, 64, 64, 8), True, True, True, True)
-    v = aot.with_int_values(linear, {"T": 1, "P": 1, "N": 4096, "K": 17, "rem": 0}, "ints=x")
+    v = aot.with_int_values(linear, {"T": 1, "P": 1, "N": 4096, "K": 17, "rem": 0,
+                                     "counter_base": 0, "seed0": 2**40 + 3}, "ints=x")
     assert v.sig["T"] == v.sig["P"] == "constexpr" and v.const["T"] == v.const["P"] == 1
-    assert v.divisible == {"N", "rem"}  # 17 is neither
+    assert v.divisible == {"N", "rem", "counter_base"}  # 17 and the seed are neither
+    assert v.sig["counter_base"] == "i32" and v.sig["seed0"] == "i64"  # by value, as the JIT
     assert v.config.endswith(" ints=x") and v.dispatched
     assert linear.sig["T"] == "i32" and "T" not in linear.const  # the original is unchanged
     with pytest.raises(KeyError, match="no argument 'tokens'"):
@@ -115,10 +119,15 @@ def test_integer_arguments_are_specialized_as_the_jit_does():
 def test_every_dispatched_linear_variant_is_also_checked_at_a_model_layers_sizes():
     rows = [v for v in _aot_module().variants(include_fp32_linear=False)
             if v.kernel == "perturbed_linear" and v.dispatched]
-    odd = [v for v in rows if v.config.endswith("ints=odd")]
-    assert odd and all(not v.divisible for v in odd)
-    for v in odd:
-        base = v.config.removesuffix(" ints=odd")
+    odd = [v for v in rows if v.config.endswith("ints=odd T=3")]
+    assert odd
+    for v in odd:  # what the launcher guarantees even for odd sizes, and no more
+        # rem = 0 when aligned, k_per_split a multiple of BLOCK_K; a population's unused seed0 is 0
+        expected = {"k_per_split", "rem"} | (set() if v.const["ONE_MEMBER"] else {"seed0"})
+        assert v.divisible == expected
+        assert "N" not in v.divisible and "K" not in v.divisible and "T" not in v.divisible
+        assert (v.sig["P"] == "constexpr") == v.const["ONE_MEMBER"]
+        base = v.config.removesuffix(" ints=odd T=3")
         for tokens in (1, 64):
             model = [m for m in rows if m.dtype == v.dtype
                      and m.config == f"{base} ints=4096 T={tokens}"]

@@ -2,6 +2,7 @@
 model, the report renderer on a committed run, and the scripts' refusal to run without CUDA."""
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -78,15 +79,28 @@ def test_fused_tile_benchmark_runs_every_candidate_under_the_interpreter(tmp_pat
     from corp_kernels.triton_kernels.perturbed_linear import DECODE_TILE_CANDIDATES
     out = tmp_path / "linear_rule.md"
     out.write_text("# earlier table\n")
-    assert gpu_fused_tiles.main(["--output", str(out), "--append"]) == 0
+    assert gpu_fused_tiles.main(["--output", str(out), "--append", "--budget-s", "600"]) == 0
     text = out.read_text()
     assert text.startswith("# earlier table\n")  # --append keeps what was there
     assert "not a measurement" in text
     assert "| 8x64 | 1 | 1 |" in text and "| 8x64 | 2 | 2 |" in text
     header = next(line for line in text.splitlines() if line.startswith("| W | T | P |"))
     assert header.count(" w8") == len(DECODE_TILE_CANDIDATES)
-    errors = [float(e) for e in __import__("re").findall(r"err ([0-9.e+-]+)\)", text)]
+    errors = [float(e) for e in re.findall(r"err ([0-9.e+-]+)\)", text)]
     assert len(errors) == 2 * len(DECODE_TILE_CANDIDATES) and max(errors) < 1e-5
+    # every tile but the current one is compared with it, paired
+    assert text.count("; cur ") == 2 * (len(DECODE_TILE_CANDIDATES) - 1)
+    assert not out.with_suffix(".md.tmp").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU run is a check of the script")
+def test_fused_tile_benchmark_flags_a_wrong_tile_and_fails(tmp_path, monkeypatch):
+    from benchmarks import gpu_fused_tiles
+    real = gpu_fused_tiles.relative_error
+    monkeypatch.setattr(gpu_fused_tiles, "relative_error", lambda y, ref: real(y * 1.5, ref))
+    out = tmp_path / "t.md"
+    assert gpu_fused_tiles.main(["--output", str(out), "--budget-s", "600"]) == 1
+    assert "ERROR err" in out.read_text()
 
 
 def test_relative_error_is_scaled_by_the_references_rms():

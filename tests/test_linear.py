@@ -195,7 +195,9 @@ def _default_decode_tile():
 ], ids=["fused-1split", "fused-3splits", "fused-auto", "chunked-rows", "chunked-ragged",
         "chunked-one"])
 @pytest.mark.parametrize("members, tokens, n_out, n_in, offset", [
-    (1, 1, 37, 300, 0), (1, 19, 40, 257, 3), (3, 2, 70, 130, 8), (2, 70, 9, 64, 2**40 + 1)])
+    (1, 1, 37, 300, 0), (1, 19, 40, 257, 3), (3, 2, 70, 130, 8), (2, 70, 9, 64, 2**40 + 1),
+    # sizes of 16s at offset 0: on a GPU, the specialization a model's layers run
+    (1, 1, 96, 256, 0), (16, 2, 64, 128, 0)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_triton_strategies_match_the_definition(strategy, options, members, tokens, n_out, n_in,
                                                 offset, dtype):
@@ -217,7 +219,7 @@ def test_triton_strategies_match_the_definition(strategy, options, members, toke
 @pytest.mark.parametrize("tile", [t for t in _candidate_tiles() if t != _default_decode_tile()],
                          ids=lambda t: "x".join(map(str, t[:3])) + f"w{t[3]}")
 @pytest.mark.parametrize("members, tokens, n_out, n_in, offset", [
-    (1, 3, 37, 300, 0), (3, 2, 70, 132, 8)])
+    (1, 3, 37, 300, 0), (3, 2, 70, 132, 8), (1, 1, 96, 256, 0), (16, 2, 64, 128, 0)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_fused_tile_candidates_match_the_definition(tile, members, tokens, n_out, n_in, offset,
                                                     dtype):

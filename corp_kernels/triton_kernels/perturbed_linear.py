@@ -109,14 +109,16 @@ def _tiles(tokens: int) -> tuple[int, int, int, int]:
     """(BLOCK_T, BLOCK_N, BLOCK_K, num_warps) by tokens per member.
 
     Up to 64 tokens one 64 x 32 x 32 tile with 8 warps. The work is the W tile's noise, not the
-    dot, and more resident warps hide the generator's latency: on an H200, going from a 16 x 64 x
-    64 / 4-warp tile (156-162 registers as its JIT compiled it, 12 warps per SM) to 64 x 64 x 64 /
-    8 warps (109-124 registers, 16 warps) took a 4096 x 4096 layer from 106 to 75 us. Compiled for
-    a model's sizes, 64 x 64 x 64 then spills on sm_80, where this tile takes 62-64 registers
-    (32 warps per SM) and 44-48 on sm_90 (40 warps), spill-free with odd sizes too
-    (benchmarks/results/aot-fused-tiles.md, aot.md). Its speed is unmeasured: gpu_check.sh times it
-    against 64 x 64 x 64 and the other DECODE_TILE_CANDIDATES. Beyond 64 tokens (forced fused
-    only) 128 x 128 x 32 with 8 warps, which does not spill on sm_90 (AOT table)."""
+    dot, and resident warps hide the generator's latency. Evidence so far, suggestive only: on an
+    H200 (run 2) a 4096 x 4096 layer took 106 us at T = 1 with a 16 x 64 x 64 / 4-warp tile
+    (156-162 registers as its JIT compiled it, 12 warps per SM) and 75 us at T = 64 with
+    64 x 64 x 64 / 8 warps (109-124 registers, 16 warps). Compiled for a model layer's sizes,
+    64 x 64 x 64 spills on sm_80 (16 bytes stored, 8 loaded per thread, one member); this tile
+    takes 38-48 registers on sm_90 (40-48 warps per SM) and 59-64 on sm_80 (32 warps), 101-119
+    (16 warps) with odd sizes, spill-free in every row (benchmarks/results/aot.md,
+    aot-fused-tiles.md). Its speed is unmeasured: gpu_check.sh times it against 64 x 64 x 64 and
+    the other DECODE_TILE_CANDIDATES. Beyond 64 tokens (forced fused only) 128 x 128 x 32 with 8
+    warps."""
     if tokens <= 64:
         return 64, 32, 32, 8
     return 128, 128, 32, 8
@@ -125,8 +127,9 @@ def _tiles(tokens: int) -> tuple[int, int, int, int]:
 # Fused tiles for up to FUSED_MAX_TOKENS tokens per member, (BLOCK_T, BLOCK_N, BLOCK_K, warps),
 # timed against each other on a GPU (benchmarks/gpu_fused_tiles.py, run by scripts/gpu_check.sh)
 # before _tiles changes again. Compiled as the JIT specializes a 4096 x 4096 layer, each is
-# spill-free on sm_90 and sm_80 except 64 x 64 x 64 (the tile before, measured on an H200, 16-20
-# bytes spilled on sm_80), with 8-40 warps resident per SM (benchmarks/results/aot-fused-tiles.md).
+# spill-free on sm_90 and sm_80 except 64 x 64 x 64 (the tile before, measured on an H200; on sm_80
+# it spills 16 bytes stored, 8 loaded), with 8-40 warps resident per SM
+# (benchmarks/results/aot-fused-tiles.md).
 # Not autotuned at run time: tiles sum K in different orders, and a pick that followed timing noise
 # would change results between runs.
 DECODE_TILE_CANDIDATES = ((64, 32, 32, 8), (64, 64, 64, 8), (64, 64, 32, 8), (32, 64, 32, 8),
@@ -251,8 +254,8 @@ def population_linear(x: torch.Tensor, weight: torch.Tensor, bias, seeds: torch.
                       sigmas: torch.Tensor, offset: int, strategy: str | None = None,
                       **options) -> torch.Tensor:
     """x: [P, ..., K] -> [P, ..., N]. seeds: int64 seed bits, sigmas: floats, both [P] on the host.
-    `strategy` forces one ("fused" or "chunked"); `options` reach it (splits= and tiles= for fused, chunk_bytes= for
-    chunked)."""
+    `strategy` forces one ("fused" or "chunked"); `options` reach it (splits= and tiles= for
+    fused, chunk_bytes= for chunked)."""
     return _linear(x, weight, bias, seeds, sigmas, offset, True, strategy, options)
 
 
