@@ -90,6 +90,9 @@ def test_fused_tile_benchmark_runs_every_candidate_under_the_interpreter(tmp_pat
     assert len(errors) == 2 * len(DECODE_TILE_CANDIDATES) and max(errors) < 1e-5
     # every tile but the current one is compared with it, paired
     assert text.count("; cur ") == 2 * (len(DECODE_TILE_CANDIDATES) - 1)
+    # orientation: materialize / tile, and the interpreted kernel is far slower than torch here
+    mats = [float(m) for m in re.findall(r"\(mat ([0-9.]+) \[", text)]
+    assert len(mats) == 2 * len(DECODE_TILE_CANDIDATES) and max(mats) < 0.5
     assert not out.with_suffix(".md.tmp").exists()
 
 
