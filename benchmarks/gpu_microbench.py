@@ -321,6 +321,26 @@ def opcheck_compile_graphs():
     return res
 
 
+def describe_specialization(arg_names: list[str], key: str) -> str:
+    """The JIT's specialization key as `name=value` for constants and `name%16` for integers it
+    compiled as multiples of 16 (pointers left out): which configuration a row of registers is,
+    to set beside the AOT table's rows. Empty when the key does not parse."""
+    import ast
+    try:
+        spec = ast.literal_eval(key[:key.index("]") + 1] if key.startswith("[(") else key)
+    except (ValueError, SyntaxError):
+        return ""
+    if len(spec) != len(arg_names):
+        return ""
+    parts = []
+    for name, (kind, value) in zip(arg_names, spec):
+        if kind == "constexpr":
+            parts.append(f"{name}={value}")
+        elif not kind.startswith("*") and value == "D":
+            parts.append(f"{name}%16")
+    return " ".join(parts)
+
+
 @section("jit_kernel_resources")
 def kernel_resources():
     """n_regs / n_spills / shared memory of every specialization the JIT compiled here."""
@@ -341,6 +361,7 @@ def kernel_resources():
                     if hasattr(kernel, "_init_handles"):
                         kernel._init_handles()
                     rows.append({"kernel": obj.__name__, "key": str(key)[:400],
+                                 "spec": describe_specialization(list(obj.arg_names), str(key)),
                                  "n_regs": getattr(kernel, "n_regs", None),
                                  "n_spills": getattr(kernel, "n_spills", None),
                                  "shared": kernel.metadata.shared,

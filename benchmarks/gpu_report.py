@@ -79,8 +79,8 @@ def render(out_dir: Path) -> str:
         if "jit_kernel_resources" in s:
             lines += ["## Registers and local memory of every kernel the JIT compiled "
                       "(n_spills = local bytes / 4, as Triton reports it)", ""]
-            lines += _table(s["jit_kernel_resources"], ["kernel", "n_regs", "n_spills", "shared",
-                                                        "num_warps", "num_stages"])
+            lines += _table(s["jit_kernel_resources"], ["kernel", "spec", "n_regs", "n_spills",
+                                                        "shared", "num_warps", "num_stages"])
         if data.get("errors"):
             lines += ["## Failed sections", ""]
             lines += [f"- {k}: `{v.splitlines()[0]}`" for k, v in data["errors"].items()] + [""]

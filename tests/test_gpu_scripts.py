@@ -118,3 +118,22 @@ def test_fused_tile_benchmark_refuses_without_cuda_or_the_interpreter(tmp_path, 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert gpu_fused_tiles.main(["--output", str(tmp_path / "x.md")]) == 2
     assert not (tmp_path / "x.md").exists()
+
+
+def test_jit_specialization_is_described_by_argument_name():
+    """A run's JIT rows say which configuration each register count is (run 2's key of the
+    64x64x64 one-member split-K tile at a model's sizes: 109 registers, as the AOT rows say)."""
+    from benchmarks.gpu_microbench import describe_specialization
+    from corp_kernels.triton_kernels import perturbed_linear as tpl
+    data = json.loads((ROOT / "benchmarks" / "results" / "gpu-NVIDIA-H200-run2"
+                       / "microbench.json").read_text())
+    row = [r for r in data["sections"]["jit_kernel_resources"]
+           if r["kernel"] == "_perturbed_linear_kernel"][3]
+    spec = describe_specialization(list(tpl._perturbed_linear_kernel.arg_names), row["key"])
+    assert spec.split() == ["P=1", "T%16", "N%16", "K%16", "k_per_split%16", "counter_base%16",
+                            "rem%16", "ONE_MEMBER=True", "SPLIT=True", "HAS_BIAS=False",
+                            "ALIGNED=True", "LOW_PRECISION_DOT=True", "BLOCK_T=64", "BLOCK_N=64",
+                            "BLOCK_K=64"]
+    assert row["n_regs"] == 109
+    assert describe_specialization(["a"], row["key"]) == ""  # another signature
+    assert describe_specialization(["a"], "not a key") == ""
