@@ -12,6 +12,7 @@ other strategy (its interval wholly below 1) and never shown slower than materia
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -57,9 +58,21 @@ def measure(device: str, dtype: torch.dtype, shapes, tokens, repeats: int) -> li
     return rows
 
 
+def strategy_backend(device: str) -> str:
+    """The backend perturbed_linear dispatches to on `device`, which must be one with the two
+    strategies (the C++ or the Triton backend): the torch reference has no rule to measure."""
+    from corp_kernels import dispatch
+    backend = dispatch.resolve(None, torch.device(device), "perturbed_linear")
+    if backend not in ("cpp", "triton"):
+        raise RuntimeError(f"perturbed_linear runs on the {backend!r} backend on {device}, which "
+                           f"has no fused/chunked rule to measure (backends: "
+                           f"{ {n: s.reason for n, s in dispatch.backends().items()} })")
+    return backend
+
+
 def _picked(x, w) -> str:
-    """The strategy the default backend's rule picks for this call (stream offset 0)."""
-    if x.device.type == "cpu":
+    """The strategy the dispatched backend's rule picks for this call (stream offset 0)."""
+    if strategy_backend(x.device.type) == "cpp":
         from corp_kernels.impl import cpp
         return cpp.choose_strategy(x.numel() // w.shape[1], w.numel())
     from corp_kernels.triton_kernels.perturbed_linear import choose_strategy
@@ -94,6 +107,11 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     shapes, tokens = (SHAPES[:2], TOKENS[:2]) if args.quick else (SHAPES, TOKENS)
     repeats = 3 if args.quick else args.repeats
+    try:
+        strategy_backend(args.device)
+    except RuntimeError as exc:
+        print(f"bench_linear_rule: {exc}", file=sys.stderr)
+        return 2
     rows = measure(args.device, dtype, shapes, tokens, repeats)
     name = device_name(args.device)
     out = args.output or RESULTS_DIR / f"linear-rule-{name}.md"

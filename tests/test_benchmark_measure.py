@@ -102,3 +102,15 @@ def test_linear_rule_benchmark_writes_its_table(tmp_path):
     if dispatch.backends()["cpp"].available:  # a W of one chunk: the C++ rule picks chunked
         assert all(ln.split("|")[3].strip() == "chunked" for ln in lines)
     assert "of 4." in out.read_text()  # the count of rows where the pick is shown slower
+
+
+def test_linear_rule_benchmark_refuses_a_backend_without_strategies(tmp_path, monkeypatch,
+                                                                    capsys):
+    """Where perturbed_linear falls back to the torch reference (no C++ build), forcing a strategy
+    changes nothing: the table would time one path three times and call it a rule."""
+    from benchmarks import bench_linear_rule as bench
+    from corp_kernels import dispatch
+    monkeypatch.setattr(dispatch, "resolve", lambda backend, device, op: "torch")
+    out = tmp_path / "rule.md"
+    assert bench.main(["--quick", "--device", "cpu", "--output", str(out)]) == 2
+    assert not out.exists() and "'torch' backend" in capsys.readouterr().err
