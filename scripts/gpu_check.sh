@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One prepared check of corp-kernels on a CUDA machine, in at most BUDGET_S seconds (default 470):
 # builds the C++ and CUDA extensions in place, runs the kernel tests on CUDA (Triton compiled, the
-# CUDA extension, torch on CUDA), the micro-benchmarks, the end-to-end population-search
-# throughput on a ~0.5B Llama, the fused-vs-chunked table, the fused decode tiles against each
-# other in CUDA-graph time, and (last: what a short budget drops first) the benchmark suite in bf16.
+# CUDA extension, torch on CUDA), the micro-benchmarks, the fused-vs-chunked table, the fused
+# decode tiles against each other in CUDA-graph time, the end-to-end population-search throughput
+# on a ~0.5B Llama and (last: what a short budget drops first) the benchmark suite in bf16.
 #
 # Runs on the GPU machine's own stack (python3 with torch+CUDA, triton, pytest-xdist; no network):
 #     OUT=/some/dir bash scripts/gpu_check.sh
@@ -60,10 +60,6 @@ if [ "$CUDA" = 1 ]; then
   timeout "$(cap 120)" "$PY" -m benchmarks.gpu_microbench --quick --out "$OUT/microbench.json" \
     || fail "micro-benchmarks"
 
-  step "end-to-end population search on a ~0.5B Llama (64 prompts x 64 new tokens per member)"
-  timeout "$(cap 150)" "$PY" -m benchmarks.bench_search_throughput --size 0.5b --members 3 \
-    --population 8 16 --population-fused 16 --out "$OUT/search.json" || fail "search throughput"
-
   step "perturbed_linear: fused vs chunked vs materialize, paired intervals (the Triton rule)"
   timeout "$(cap 60)" "$PY" -m benchmarks.bench_linear_rule --device cuda --repeats 11 \
     --output "$OUT/linear_rule.md" || fail "linear rule benchmark"
@@ -73,6 +69,10 @@ if [ "$CUDA" = 1 ]; then
   c=$(cap 75)
   timeout "$c" "$PY" -m benchmarks.gpu_fused_tiles --budget-s $(( c > 35 ? c - 25 : 10 )) \
     --append --output "$OUT/linear_rule.md" || fail "fused tile benchmark"
+
+  step "end-to-end population search on a ~0.5B Llama (64 prompts x 64 new tokens per member)"
+  timeout "$(cap 150)" "$PY" -m benchmarks.bench_search_throughput --size 0.5b --members 3 \
+    --population 8 16 --population-fused 16 --out "$OUT/search.json" || fail "search throughput"
 
   step "benchmark suite (bf16, quick)"
   timeout "$(cap 90)" "$PY" -m benchmarks.run --quick --device cuda --output "$OUT/suite.json" \
