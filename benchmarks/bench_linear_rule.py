@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import corp_kernels as ck
+from corp.outputs import write_atomic
 
 from ._measure import interleaved_times
 from .run import (RESULTS_DIR, SIGMA, forced_strategies, ratio_interval, device_name,
@@ -116,9 +117,7 @@ def main(argv=None) -> int:
     name = device_name(args.device)
     out = args.output or RESULTS_DIR / f"linear-rule-{name}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(render(rows, name, dtype, repeats))
-    tmp.replace(out)
+    write_atomic(str(out), render(rows, name, dtype, repeats))
     print(f"wrote {out}")
     return 0
 

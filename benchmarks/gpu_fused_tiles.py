@@ -11,12 +11,12 @@ count and member count, every tile of perturbed_linear.DECODE_TILE_CANDIDATES ru
 
 On CUDA each timed call is a CUDA graph of at least REPLAYS calls, timed by CUDA events behind a
 sleep kernel that keeps the GPU busy while the round is queued, so the host's work (checks,
-dispatch, Triton's launcher) drops out. The calls rotate over copies of W that together exceed twice the
-L2 cache, so no call finds W cached. Rounds run in a shuffled order; each tile gets paired 95%
-intervals against materialize and against the tile `_tiles` uses now. Each tile's eager output
-is compared with materialize's (the same rounded W + sigma*eps; only the order of the sums
-differs): above ERROR_LIMIT the cell says so and the exit status is 1. The table is rewritten
-after every row, so a run cut short keeps what it measured.
+dispatch, Triton's launcher) drops out. The calls rotate over copies of W that together exceed
+twice the L2 cache, so no call finds W cached. Rounds run in a shuffled order; each tile gets
+paired 95% intervals against materialize and against the tile `_tiles` uses now. Each tile's
+eager output is compared with materialize's (the same rounded W + sigma*eps; only the order of
+the sums differs): above ERROR_LIMIT the cell says so and the exit status is 1. The table is
+rewritten after every row, so a run cut short keeps what it measured.
 
 Without CUDA it runs one tiny shape eagerly under Triton's interpreter: a check of the script
 itself, not a measurement.
@@ -36,9 +36,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import corp_kernels as ck
+from corp.outputs import write_atomic
 
 from ._measure import interleaved_times, paired_ratio, paired_ratio_interval
+from .gpu_linear_graphs import graph_of
+from .gpu_microbench import materialize_then_linear
 
 SIGMA = 1e-3
 REPLAYS = 20
@@ -52,30 +54,12 @@ SHAPES = [(4096, 4096), (896, 896), (4864, 896)]
 CALLS = [(1, 1), (16, 1), (64, 1), (16, 16)]
 
 
-def materialize(x, w, seed: int, sigma: float):
-    """What a user would write: W + sigma * eps in a fresh tensor, then the vendor GEMM."""
-    w_eff = w.clone()
-    ck.add_noise_(w_eff, seed, sigma)
-    return F.linear(x, w_eff)
-
-
 def _repeated(call, device: str, count: int):
     """call(i) runs the i-th call (on the i-th copy of W). Returns a callable that runs `count`
-    calls as one CUDA-graph replay on CUDA (captured after a warm-up call), one call elsewhere."""
+    calls as one CUDA-graph replay on CUDA, one call elsewhere."""
     if device != "cuda":
         return lambda: call(0)
-    call(0)
-    torch.cuda.synchronize()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        call(0)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(count):
-            call(i)
-    return graph.replay
+    return graph_of(lambda: [call(i) for i in range(count)])
 
 
 def event_times(fns: dict, repeats: int, seed: int = 0) -> dict[str, list[float]]:
@@ -133,7 +117,7 @@ def measure_call(w, tokens: int, members: int, tiles, device: str, repeats: int)
                                                "fused", tiles=tile)
 
     def materialized(i):
-        return torch.stack([materialize(x[p], ws[i % len(ws)], int(seeds[p]), SIGMA)
+        return torch.stack([materialize_then_linear(x[p], ws[i % len(ws)], int(seeds[p]), SIGMA)
                             for p in range(members)])
     reference = materialized(0)
     errors = {tile: relative_error(fused(tile)(0), reference) for tile in tiles}
@@ -201,12 +185,6 @@ def render(rows: list[dict], tiles, device_name: str, dtype: torch.dtype, repeat
     return "\n".join(lines) + "\n"
 
 
-def _write(path: Path, previous: str, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(previous + text)
-    tmp.replace(path)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("fused_tiles.md"))
@@ -240,9 +218,10 @@ def main(argv=None) -> int:
             rows.append(measure_call(w, tokens, members, tiles, device, repeats))
             print(f"  {rows[-1]['W']} T={tokens} P={members}: " + ", ".join(
                 f"{t}: {c['ms']:.4f} ms" for t, c in rows[-1]["tiles"].items()), flush=True)
-            _write(args.output, previous, render(rows, tiles, name, dtype, repeats, cuda))
-    _write(args.output, previous, render(rows, tiles, name, dtype, repeats, cuda, skipped,
-                                         args.budget_s))
+            write_atomic(str(args.output), previous + render(rows, tiles, name, dtype, repeats,
+                                                             cuda))
+    write_atomic(str(args.output), previous + render(rows, tiles, name, dtype, repeats, cuda,
+                                                     skipped, args.budget_s))
     wrong = [(r["W"], r["T"], r["P"], t) for r in rows for t, c in r["tiles"].items()
              if c["max_rel_error"] > ERROR_LIMIT]
     print(f"wrote {args.output}" + (f"; ERROR above {ERROR_LIMIT}: {wrong}" if wrong else ""))

@@ -194,24 +194,6 @@ def variants(include_fp32_linear: bool) -> list[Variant]:
     return out
 
 
-# Per-SM limits of sm_80 and sm_90 (CUDA occupancy calculator): four sub-partitions of 16K
-# registers, allocated per warp in units of 256; at most 64 resident warps and 32 resident
-# programs; shared memory per SM, allocated in units of 128 bytes with 1 KiB reserved per program.
-_SM_LIMITS = {80: {"smem": 164 << 10}, 90: {"smem": 228 << 10}}
-
-
-def resident_warps(cc: int, regs: int, warps: int, smem: int) -> int:
-    """Warps of one kernel resident on an SM at once: what hides the latency of an ALU-bound
-    kernel such as the noise generator. Registers usually decide it here: 105 per thread leave two
-    8-warp programs per SM (16 warps), where noise_fill (52-56 registers, 4 warps) keeps 36."""
-    per_warp = -(-regs * 32 // 256) * 256
-    warps_by_regs = 4 * (16384 // per_warp)
-    smem_per_program = -(-smem // 128) * 128 + 1024
-    programs = min(warps_by_regs // warps, 64 // warps, 32,
-                   _SM_LIMITS[cc]["smem"] // smem_per_program)
-    return programs * warps
-
-
 def linear_variant(dt: str, tile: tuple, aligned: bool, one_member: bool, split: bool,
                    dispatched: bool):
     """One perturbed_linear configuration, in variants()'s form."""
@@ -247,6 +229,24 @@ def fused_tile_variants():
                                        False), "4096", tokens)
             for bt in (16, 32, 64) for bn in (32, 64, 128) for bk in (32, 64) for warps in (4, 8)
             for one_member in (True, False) for tokens in (1, 64)]
+
+
+# Per-SM limits of sm_80 and sm_90 (CUDA occupancy calculator): four sub-partitions of 16K
+# registers, allocated per warp in units of 256; at most 64 resident warps and 32 resident
+# programs; shared memory per SM, allocated in units of 128 bytes with 1 KiB reserved per program.
+_SM_LIMITS = {80: {"smem": 164 << 10}, 90: {"smem": 228 << 10}}
+
+
+def resident_warps(cc: int, regs: int, warps: int, smem: int) -> int:
+    """Warps of one kernel resident on an SM at once: what hides the latency of an ALU-bound
+    kernel such as the noise generator. Registers usually decide it here: 105 per thread leave two
+    8-warp programs per SM (16 warps), where noise_fill (52-56 registers, 4 warps) keeps 36."""
+    per_warp = -(-regs * 32 // 256) * 256
+    warps_by_regs = 4 * (16384 // per_warp)
+    smem_per_program = -(-smem // 128) * 128 + 1024
+    programs = min(warps_by_regs // warps, 64 // warps, 32,
+                   _SM_LIMITS[cc]["smem"] // smem_per_program)
+    return programs * warps
 
 
 def ptxas_usage(ptxas: str, ptx: str, arch: str) -> dict:
